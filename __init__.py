@@ -1,0 +1,13 @@
+"""UnZipLoRA for ComfyUI: the pack's entry point (V3). Node classes live in ./nodes, the method in ./unziplora."""
+
+WEB_DIRECTORY = "./web"
+
+
+async def comfy_entrypoint():
+    # Imported here, not at module level, so the package imports without a running ComfyUI (unit tests).
+    from .nodes import UnZipLoRAExtension
+
+    return UnZipLoRAExtension()
+
+
+__all__ = ["WEB_DIRECTORY", "comfy_entrypoint"]

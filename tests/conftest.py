@@ -1,0 +1,63 @@
+"""Test set-up: ComfyUI on sys.path, the pack imported as a package (as ComfyUI imports it), shared fixtures."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PACK_NAME = "unziplora_pack"
+
+
+def comfy_dir() -> Path:
+    env = os.environ.get("COMFYUI_DIR")
+    if env:
+        return Path(env).resolve()
+    marker = REPO / ".comfyui-path"
+    if marker.exists():
+        return Path(marker.read_text().strip())
+    return REPO / ".comfyui"
+
+
+def _import_pack():
+    """Import the repo root as a package under a fixed name, like ComfyUI's load_custom_node does."""
+    if PACK_NAME in sys.modules:
+        return sys.modules[PACK_NAME]
+    spec = importlib.util.spec_from_file_location(PACK_NAME, REPO / "__init__.py", submodule_search_locations=[str(REPO)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[PACK_NAME] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+_comfy = comfy_dir()
+if not (_comfy / "comfy").is_dir():
+    raise RuntimeError(f"ComfyUI not found at {_comfy}: run `bash scripts/setup_dev.sh` or set COMFYUI_DIR")
+if str(_comfy) not in sys.path:
+    sys.path.insert(0, str(_comfy))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+# ComfyUI picks its device when comfy.model_management is first imported: without a GPU driver it must be told.
+import comfy.cli_args  # noqa: E402
+import torch  # noqa: E402
+
+if not torch.cuda.is_available():
+    comfy.cli_args.args.cpu = True
+_import_pack()
+
+
+@pytest.fixture(scope="session")
+def pack():
+    return sys.modules[PACK_NAME]
+
+
+@pytest.fixture
+def tiny_sdxl():
+    """A fresh tiny SDXL-shaped ModelPatcher (fp32, CPU, seeded weights)."""
+    from tiny_models import build_tiny_sdxl
+
+    return build_tiny_sdxl(seed=0)

@@ -1,0 +1,1 @@
+"""The optimisation loop, data preparation, the background job manager and checkpoints."""

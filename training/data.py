@@ -1,0 +1,117 @@
+"""Data preparation, done once before the loop so the text encoders and the VAE can be released:
+the three prompts encoded, the image(s) resized and encoded to VAE posteriors (random crops are then taken in
+latent space and a fresh posterior sample is drawn every step)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+MIN_IMAGE_SIDE = 64
+
+
+@dataclass
+class PromptStreams:
+    """Frozen embeddings of the combined (x), content (x_c) and style (x_s) prompts, equal length; pooled of x."""
+
+    x: torch.Tensor
+    x_c: torch.Tensor
+    x_s: torch.Tensor
+    pooled: torch.Tensor
+
+    def to(self, device, dtype=None) -> "PromptStreams":
+        return PromptStreams(*(t.to(device=device, dtype=dtype) for t in (self.x, self.x_c, self.x_s)),
+                             self.pooled.to(device=device, dtype=dtype))
+
+
+def pad_tokens(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Zero-pad token sequences to the longest: the LoRA delta of a zero token is zero, and each 75-token
+    chunk of a long prompt is 77 tokens, so lengths are multiples of 77 that may differ between prompts."""
+    n = max(t.shape[1] for t in tensors)
+    return [t if t.shape[1] == n else F.pad(t, (0, 0, 0, n - t.shape[1])) for t in tensors]
+
+
+def encode_prompts(clip, prompt: str, content_prompt: str, style_prompt: str) -> PromptStreams:
+    for name, text in (("prompt", prompt), ("content_prompt", content_prompt), ("style_prompt", style_prompt)):
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"{name} is empty: give a prompt (e.g. 'A sks cat' / 'A cat in sketch style')")
+    out = []
+    pooled = None
+    for text in (prompt, content_prompt, style_prompt):
+        cond, p = clip.encode_from_tokens(clip.tokenize(text), return_pooled=True)
+        out.append(cond.detach().float().clone())
+        if pooled is None:
+            pooled = p.detach().float().clone()  # the UNet's pooled vector is the combined prompt's only
+    x, x_c, x_s = pad_tokens(out)
+    return PromptStreams(x, x_c, x_s, pooled)
+
+
+def check_image(image: torch.Tensor) -> None:
+    if not isinstance(image, torch.Tensor) or image.ndim != 4 or image.shape[-1] not in (3, 4):
+        shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+        raise ValueError(f"image must be a ComfyUI IMAGE batch [B, H, W, 3]; got {shape}")
+    h, w = image.shape[1:3]
+    if min(h, w) < MIN_IMAGE_SIDE:
+        raise ValueError(f"image is {w}x{h} px: its shorter side must be at least {MIN_IMAGE_SIDE} px to crop")
+
+
+def resize_short_side(image: torch.Tensor, resolution: int) -> torch.Tensor:
+    """IMAGE [B, H, W, C] in 0..1 -> [B, 3, H', W'] with the shorter side = resolution, both sides multiples
+    of 8 (the VAE's factor), centre-trimmed."""
+    import kornia
+
+    px = image[..., :3].movedim(-1, 1).float()
+    px = kornia.geometry.transform.resize(px, resolution, side="short", interpolation="bicubic", antialias=True)
+    h, w = px.shape[-2:]
+    h8, w8 = h - h % 8, w - w % 8
+    top, left = (h - h8) // 2, (w - w8) // 2
+    return px[..., top:top + h8, left:left + w8].clamp(0, 1)
+
+
+@dataclass
+class LatentPosteriors:
+    """VAE posterior moments of each training image, already in the model's latent scale."""
+
+    mean: torch.Tensor  # [N, C, h, w]
+    std: torch.Tensor  # [N, C, h, w]; zero for a VAE without a posterior
+
+    def sample_crop(self, size: int, generator: torch.Generator) -> torch.Tensor:
+        """One random image, one random size x size latent crop, one posterior sample: [1, C, size, size]."""
+        n, _, h, w = self.mean.shape
+        i = int(torch.randint(n, (1,), generator=generator))
+        top = int(torch.randint(h - size + 1, (1,), generator=generator))
+        left = int(torch.randint(w - size + 1, (1,), generator=generator))
+        sl = (slice(i, i + 1), slice(None), slice(top, top + size), slice(left, left + size))
+        noise = torch.randn(self.mean[sl].shape, generator=generator)
+        return self.mean[sl] + self.std[sl] * noise
+
+
+@torch.no_grad()
+def encode_posteriors(vae, image: torch.Tensor, resolution: int, latent_format) -> LatentPosteriors:
+    """Encode once with ComfyUI's VAE. For a KL VAE the encoder's moments give mean and std; others are
+    treated as deterministic. latent_format.process_in applies the model's scale (0.13025 for SDXL)."""
+    import comfy.model_management as mm
+
+    check_image(image)
+    px = resize_short_side(image, resolution)
+    mm.load_models_gpu([vae.patcher])
+    fsm = vae.first_stage_model
+    means, stds = [], []
+    for k in range(px.shape[0]):
+        x = vae.process_input(px[k:k + 1]).to(device=vae.device, dtype=vae.vae_dtype)
+        quant_conv = getattr(fsm, "quant_conv", None)
+        if hasattr(fsm, "encoder") and quant_conv is not None:
+            moments = quant_conv(fsm.encoder(x)).float().cpu()
+            mean, logvar = moments.chunk(2, dim=1)
+            std = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))
+        else:
+            mean = vae.encode(px[k:k + 1].movedim(1, -1)).float().cpu()
+            std = torch.zeros_like(mean)
+        # process_in is affine (scale, maybe shift): the std scales by the same factor
+        scaled = latent_format.process_in(mean)
+        scale = latent_format.process_in(torch.ones(1)) - latent_format.process_in(torch.zeros(1))
+        means.append(scaled)
+        stds.append(std * scale)
+    return LatentPosteriors(torch.cat(means), torch.cat(stds))

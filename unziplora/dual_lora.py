@@ -1,0 +1,99 @@
+"""The dual (content + style) LoRA that sits on one attention linear.
+
+    y = W0 x + (m_c * M_c) . (B_c A_c x_c) + (m_s * M_s) . (B_s A_s x_s)
+
+Only the delta is computed here; the base projection W0 x stays ComfyUI's. Everything is factored,
+(x A^T) B^T, so no dense out x in matrix is ever formed in a forward (method.md). Masks and mergers act on
+output channels ("columns" in the paper's wording: rows of B).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+SIDES = ("content", "style")
+
+
+class LoRAFactors(nn.Module):
+    """One side (content or style) of a dual LoRA: factors, merger, hard mask.
+
+    mask_mode: "masked" (the hard mask applies while masks are on), "relaxed" (all columns, always: the
+    LoRA's own blocks under block separation) or "off" (no masks at all: prompt-only / naive / B-LoRA modes).
+    """
+
+    def __init__(self, in_features: int, out_features: int, rank: int, init: str = "gaussian",
+                 mask_mode: str = "masked", generator: torch.Generator | None = None):
+        super().__init__()
+        if init not in ("gaussian", "zero_up"):
+            raise ValueError(f"init must be 'gaussian' or 'zero_up', got {init!r}")
+        if mask_mode not in ("masked", "relaxed", "off"):
+            raise ValueError(f"mask_mode must be 'masked', 'relaxed' or 'off', got {mask_mode!r}")
+        std = 1.0 / rank
+        # Both factors N(0, (1/r)^2): with B = 0 the first Cone score (W * dW) would be all zero.
+        self.down = nn.Parameter(torch.randn(rank, in_features, generator=generator) * std)
+        up = torch.zeros(out_features, rank) if init == "zero_up" else torch.randn(out_features, rank, generator=generator) * std
+        self.up = nn.Parameter(up)
+        self.merger = nn.Parameter(torch.ones(out_features))
+        self.register_buffer("mask", torch.zeros(out_features))
+        self.mask_mode = mask_mode
+
+    @property
+    def rank(self) -> int:
+        return self.down.shape[0]
+
+    def column_scale(self, masks_on: bool) -> torch.Tensor:
+        """Per-output-channel factor m * M (M = 1 where the mask does not apply)."""
+        if masks_on and self.mask_mode == "masked":
+            return self.merger * self.mask
+        return self.merger
+
+    def delta(self, x: torch.Tensor, masks_on: bool) -> torch.Tensor:
+        down = self.down.to(x.dtype)
+        up = self.up.to(x.dtype)
+        h = F.linear(F.linear(x, down), up)
+        return h * self.column_scale(masks_on).to(h.dtype)
+
+    def dense_weight(self) -> torch.Tensor:
+        """B A, formed only where a dense matrix is really needed (Cone scores at selection, export checks)."""
+        return self.up @ self.down
+
+    def baked_up(self) -> torch.Tensor:
+        """B with the hard mask baked in (unselected rows zero) and the merger NOT baked: what is saved."""
+        if self.mask_mode == "masked":
+            return self.up * self.mask[:, None]
+        return self.up
+
+
+class DualLoRA(nn.Module):
+    """Content and style LoRA on one linear. Either side may be absent (B-LoRA puts one LoRA per block)."""
+
+    def __init__(self, in_features: int, out_features: int, rank: int = 64, *, content: str | None = "masked",
+                 style: str | None = "masked", init: str = "gaussian", generator: torch.Generator | None = None):
+        super().__init__()
+        self.in_features = in_features
+        self.out_features = out_features
+        self.content = LoRAFactors(in_features, out_features, rank, init, content, generator) if content else None
+        self.style = LoRAFactors(in_features, out_features, rank, init, style, generator) if style else None
+        self.masks_on = False
+
+    def sides(self):
+        """(name, LoRAFactors) for each present side, content first."""
+        return [(n, getattr(self, n)) for n in SIDES if getattr(self, n) is not None]
+
+    def delta(self, x: torch.Tensor, x_c: torch.Tensor | None = None, x_s: torch.Tensor | None = None) -> torch.Tensor | None:
+        """Sum of the present sides' deltas; x_c / x_s default to x (equal inputs everywhere but attn2 K/V)."""
+        streams = {"content": x if x_c is None else x_c, "style": x if x_s is None else x_s}
+        out = None
+        for name, side in self.sides():
+            d = side.delta(streams[name], self.masks_on)
+            out = d if out is None else out + d
+        return out
+
+    def forward(self, x, x_c=None, x_s=None):
+        return self.delta(x, x_c, x_s)
+
+    def extra_repr(self) -> str:
+        sides = ", ".join(f"{n}={s.mask_mode}" for n, s in self.sides())
+        return f"in={self.in_features}, out={self.out_features}, {sides}"
