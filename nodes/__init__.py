@@ -4,7 +4,19 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
+from .routes import register_routes
+from .runtime import register_folders
+from .train import UnZipLoRATrain
+
 
 class UnZipLoRAExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return []
+        return [UnZipLoRATrain]
+
+
+def make_extension() -> UnZipLoRAExtension:
+    # Here, not in on_load (0.3.75 never calls it): routes must exist before ComfyUI freezes its route table,
+    # and models/unziplora must be known before the loader lists it.
+    register_folders()
+    register_routes()
+    return UnZipLoRAExtension()

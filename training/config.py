@@ -41,6 +41,8 @@ class TrainConfig:
 
         need(self.mode in MODES, "mode", f"one of {', '.join(MODES)}")
         need(isinstance(self.steps, int) and 1 <= self.steps <= 100_000, "steps", "a whole number from 1 to 100000")
+        if MODES[self.mode].column_separation:
+            need(self.steps >= 2, "steps", f"at least 2 in mode {self.mode} (a column selection follows a reset)")
         need(isinstance(self.rank, int) and 1 <= self.rank <= 1024, "rank", "a whole number from 1 to 1024")
         for name in ("lr_content", "lr_style", "lr_merger"):
             need(0 < getattr(self, name) <= 1, name, "a learning rate above 0 and at most 1")

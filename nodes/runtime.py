@@ -1,0 +1,48 @@
+"""The pack's one training service per ComfyUI process, wired to ComfyUI's folders and websocket."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+
+from ..training.jobs import JobManager
+from ..training.service import OutputDirs, TrainingService
+
+log = logging.getLogger("unziplora")
+_lock = threading.Lock()
+_service: TrainingService | None = None
+
+MODEL_FOLDER = "unziplora"  # models/unziplora: bundles (mergers + masks), listed by the loader node
+
+
+def register_folders() -> OutputDirs:
+    import folder_paths
+
+    bundles = os.path.join(folder_paths.models_dir, MODEL_FOLDER)
+    if MODEL_FOLDER not in folder_paths.folder_names_and_paths:
+        folder_paths.folder_names_and_paths[MODEL_FOLDER] = ([bundles], {".safetensors"})
+    loras = os.path.join(folder_paths.get_folder_paths("loras")[0], MODEL_FOLDER)
+    checkpoints = os.path.join(folder_paths.get_output_directory(), MODEL_FOLDER, "checkpoints")
+    return OutputDirs(loras=loras, bundles=bundles, checkpoints=checkpoints)
+
+
+def _emit(event: str, data: dict) -> None:
+    try:
+        from server import PromptServer
+    except ImportError:
+        return
+    if PromptServer.instance is not None:
+        PromptServer.instance.send_sync(event, data, None)  # None: every browser tab sees every job
+
+
+def service() -> TrainingService:
+    global _service
+    with _lock:
+        if _service is None:
+            import folder_paths
+
+            dirs = register_folders()
+            state = os.path.join(folder_paths.get_user_directory(), "unziplora", "jobs.json")
+            _service = TrainingService(JobManager(state, emit=_emit), dirs)
+        return _service

@@ -1,0 +1,152 @@
+"""UnZipLoRA Train: hands one image + three prompts to a background job and returns at once."""
+
+from __future__ import annotations
+
+import re
+import time
+
+from comfy_api.latest import io
+
+from ..training.config import TrainConfig
+from ..training.prepare import prepare_inputs
+from ..unziplora.roles import MODES
+from .runtime import service
+
+PAPER = TrainConfig()
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$")
+
+
+def build_combined_prompt(content_prompt: str, style_prompt: str) -> str:
+    """'A sks cat' + 'A cat in sketch style' -> 'A sks cat in sketch style' (the paper's pattern); otherwise
+    the two joined with a comma."""
+    content, style = content_prompt.strip(), style_prompt.strip()
+    idx = style.lower().rfind(" in ")
+    if idx > 0:
+        return f"{content.rstrip('.,')}{style[idx:]}"
+    return f"{content}, {style}"
+
+
+def check_name(name: str) -> str:
+    name = (name or "").strip()
+    if not NAME_RE.match(name):
+        raise ValueError(f"name {name!r} is not allowed: 1-80 letters, digits, '_', '-' or '.', starting with a "
+                         "letter or digit (it becomes the file names)")
+    return name
+
+
+class UnZipLoRATrain(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="UnZipLoRATrain",
+            display_name="UnZipLoRA Train",
+            category="UnZipLoRA/train",
+            description="Train a content LoRA and a style LoRA from one image (UnZipLoRA). Runs in the background: "
+                        "the queue stays free; progress, cancel and resume are on the node's panel.",
+            is_output_node=True,
+            not_idempotent=True,
+            inputs=[
+                io.Model.Input("model", tooltip="An SDXL-architecture model (the base the LoRAs will be used on)."),
+                io.Clip.Input("clip", tooltip="The model's CLIP: encodes the three prompts once."),
+                io.Vae.Input("vae", tooltip="The model's VAE: encodes the image once."),
+                io.Image.Input("image", tooltip="The image to unzip. A batch of several views of the same subject "
+                                                "and style also works: each step picks one at random."),
+                io.String.Input("content_prompt", default="A sks cat", multiline=True,
+                                tooltip="Names the subject with a rare token, e.g. 'A sks cat'. The content LoRA learns it."),
+                io.String.Input("style_prompt", default="A cat in sketch style", multiline=True,
+                                tooltip="Describes the style on a plain subject, e.g. 'A cat in sketch style'. "
+                                        "The style LoRA learns it."),
+                io.String.Input("combined_prompt", default="", multiline=True,
+                                tooltip="Subject and style together, e.g. 'A sks cat in sketch style'. "
+                                        "Empty: built from the two prompts."),
+                io.String.Input("name", default="unziplora",
+                                tooltip="File name stem: <name>_content / <name>_style in models/loras/unziplora. "
+                                        "An existing name gets a numbered suffix, never overwritten."),
+                io.Combo.Input("mode", options=list(MODES), default=PAPER.mode,
+                               tooltip="unziplora: prompt + column + block separation (the paper). column, prompt: "
+                                       "ablations M2, M1. naive: two LoRAs on one prompt. blora: B-LoRA."),
+                io.Int.Input("steps", default=PAPER.steps, min=1, max=100000, tooltip="Optimiser steps (paper: 600)."),
+                io.Int.Input("rank", default=PAPER.rank, min=1, max=1024, tooltip="LoRA rank of both LoRAs (paper: 64)."),
+                io.Float.Input("lr_content", default=PAPER.lr_content, min=1e-7, max=1.0, step=1e-6,
+                               tooltip="Learning rate of the content LoRA (paper: 5e-5)."),
+                io.Float.Input("lr_style", default=PAPER.lr_style, min=1e-7, max=1.0, step=1e-6,
+                               tooltip="Learning rate of the style LoRA (paper: 5e-5)."),
+                io.Float.Input("lr_merger", default=PAPER.lr_merger, min=1e-7, max=1.0, step=1e-5,
+                               tooltip="Learning rate of the per-column mergers (paper: 5e-3)."),
+                io.Float.Input("column_ratio", default=PAPER.column_ratio, min=0.001, max=1.0, step=0.01,
+                               tooltip="Share of columns each selection adds to a mask (paper: 0.1)."),
+                io.Int.Input("selections", default=PAPER.sample_times, min=1, max=100,
+                             tooltip="How many column selections over the run (paper: 3)."),
+                io.Float.Input("orth_lambda", default=PAPER.orth_lambda, min=0.0, max=100.0, step=0.05,
+                               tooltip="Weight of the loss that keeps the two LoRAs' columns apart (paper: 0.5)."),
+                io.Int.Input("resolution", default=PAPER.resolution, min=64, max=4096, step=64,
+                             tooltip="Training crop size in pixels (paper: 1024). The image's shorter side is resized to it."),
+                io.Int.Input("seed", default=PAPER.seed, min=0, max=0xFFFFFFFFFFFFFFF,
+                             tooltip="Seed of LoRA init, crops, noise and timesteps. Same inputs + seed = same LoRAs."),
+                io.Int.Input("checkpoint_every", default=PAPER.checkpoint_every, min=0, max=100000,
+                             tooltip="Save a resumable checkpoint every N steps (0: only when cancelled)."),
+                io.Int.Input("preview_every", default=PAPER.preview_every, min=0, max=100000,
+                             tooltip="Render content / style / combined previews every N steps (0: none)."),
+                io.Combo.Input("gradient_checkpointing", options=["auto", "on", "off"], default="auto",
+                               tooltip="Trade time for memory. auto: on for GPUs, off on CPU."),
+                io.Combo.Input("precision", options=["auto", "fp32", "bf16", "fp16"], default="auto",
+                               tooltip="auto: bf16 where supported, fp16 with loss scaling on older GPUs, fp32 on CPU."),
+                io.Combo.Input("run_mode", options=["background", "blocking"], default="background",
+                               tooltip="background: return at once, queue stays free. blocking: train inside the "
+                                       "queue with ComfyUI's progress bar and Cancel (for small GPUs)."),
+                io.String.Input("resume_from", default="", optional=True,
+                                tooltip="Job id to resume from its last checkpoint (set by the panel's Resume button)."),
+            ],
+            outputs=[
+                io.String.Output("job_id", tooltip="The background job's id."),
+                io.String.Output("content_lora", tooltip="Path the content LoRA is written to."),
+                io.String.Output("style_lora", tooltip="Path the style LoRA is written to."),
+                io.String.Output("bundle", tooltip="Path of the bundle (mergers + masks) for the combined mode."),
+            ],
+            hidden=[io.Hidden.prompt, io.Hidden.unique_id],
+        )
+
+    @classmethod
+    def execute(cls, model, clip, vae, image, content_prompt, style_prompt, combined_prompt, name, mode, steps, rank,
+                lr_content, lr_style, lr_merger, column_ratio, selections, orth_lambda, resolution, seed,
+                checkpoint_every, preview_every, gradient_checkpointing, precision, run_mode,
+                resume_from="") -> io.NodeOutput:
+        config = TrainConfig(mode=mode, steps=steps, rank=rank, lr_content=lr_content, lr_style=lr_style,
+                             lr_merger=lr_merger, column_ratio=column_ratio, sample_times=selections,
+                             orth_lambda=orth_lambda, resolution=resolution, seed=seed,
+                             checkpoint_every=checkpoint_every, preview_every=preview_every,
+                             gradient_checkpointing=gradient_checkpointing, precision=precision).validate()
+        name = check_name(name)
+        svc = service()
+        resume_job = None
+        if resume_from:
+            resume_job = svc.manager.get(resume_from)
+            if resume_job is None or not resume_job.checkpoint:
+                raise ValueError(f"resume_from = {resume_from!r}: no job with that id has a checkpoint")
+        prompt = combined_prompt.strip() or build_combined_prompt(content_prompt, style_prompt)
+        inputs = prepare_inputs(model, clip, vae, image, prompt, content_prompt, style_prompt, config)
+        job = svc.start(inputs, config, name, resume_prompt=cls.hidden.prompt, node_id=cls.hidden.unique_id,
+                        resume_job=resume_job)
+        if run_mode == "blocking":
+            job = _wait_in_queue(svc, job)
+        planned = job.info["planned_outputs"]
+        ui = {"unziplora_job": [job.id], "text": [f"job {job.id}: {job.state}"]}
+        return io.NodeOutput(job.id, planned["content"], planned["style"], planned["bundle"], ui=ui)
+
+
+def _wait_in_queue(svc, job):
+    """Blocking mode: ComfyUI's progress bar and Interrupt, driven from the queue thread (never from the job)."""
+    import comfy.model_management as mm
+    import comfy.utils
+
+    bar = comfy.utils.ProgressBar(job.total)
+    while job.state not in ("done", "failed", "cancelled", "interrupted"):
+        if mm.processing_interrupted():
+            svc.manager.cancel(job.id)
+            svc.manager.wait(job.id)
+            mm.throw_exception_if_processing_interrupted()
+        bar.update_absolute(job.step, job.total)
+        time.sleep(0.2)
+    if job.state == "failed":
+        raise RuntimeError(f"UnZipLoRA training failed: {job.error}")
+    return job

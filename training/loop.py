@@ -1,0 +1,230 @@
+"""The UnZipLoRA optimisation loop (method.md "Loss and optimisation"), resumable from checkpoints.
+
+One step: random latent crop + fresh posterior sample, t ~ U{0..999}, DDPM noising with SDXL's scaled-linear
+betas, epsilon-prediction MSE (+ L_orth while masks are on), backward, the column schedule, grad-norm clip,
+AdamW, merger clamp. All randomness comes from one CPU generator whose state is checkpointed, so a resumed run
+ends with the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from ..unziplora.checkpointing import enable_checkpointing
+from ..unziplora.content_style import ContentStyleLoRA
+from ..unziplora.kv_patch import predict_eps
+from ..unziplora.roles import get_mode
+from ..unziplora.schedule import ColumnSchedule, orth_loss
+from .config import TrainConfig
+from .data import LatentPosteriors, PromptStreams
+
+CHECKPOINT_VERSION = 1
+
+
+def ddpm_alphas_cumprod(steps: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012) -> torch.Tensor:
+    """SDXL's scaled-linear schedule: betas linear in sqrt space."""
+    betas = torch.linspace(beta_start**0.5, beta_end**0.5, steps, dtype=torch.float64) ** 2
+    return torch.cumprod(1.0 - betas, dim=0)
+
+
+@dataclass
+class TrainInputs:
+    """Everything a run needs, prepared before it starts (text encoders and VAE already released)."""
+
+    unet: torch.nn.Module  # a private copy of the diffusion model, never registered with ComfyUI
+    streams: PromptStreams
+    posteriors: LatentPosteriors
+    adm: torch.Tensor  # the UNet's y vector: pooled of the combined prompt + time ids
+    base_fingerprint: str = ""
+    info: dict = field(default_factory=dict)
+
+
+@dataclass
+class RunResult:
+    lora: ContentStyleLoRA
+    schedule: ColumnSchedule
+    steps_done: int
+    losses: list
+
+
+def pick_precision(config: TrainConfig, device: torch.device) -> tuple[torch.dtype, bool]:
+    """(compute dtype, use a loss scaler). bf16 autocast where supported, fp16 + scaling on other GPUs, fp32 on CPU."""
+    if config.precision == "fp32" or device.type == "cpu":
+        return torch.float32, False
+    if config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()):
+        return torch.bfloat16, False
+    if device.type == "cuda":
+        return torch.float16, True
+    return torch.float32, False
+
+
+def make_optimizer(lora: ContentStyleLoRA, config: TrainConfig, device: torch.device):
+    groups = lora.parameter_groups()
+    param_groups = [
+        {"params": groups["content"], "lr": config.lr_content, "name": "content"},
+        {"params": groups["style"], "lr": config.lr_style, "name": "style"},
+        {"params": groups["mergers"], "lr": config.lr_merger, "name": "mergers"},
+    ]
+    param_groups = [g for g in param_groups if g["params"]]
+    kwargs = dict(betas=(0.9, 0.999), eps=1e-8, weight_decay=config.weight_decay)
+    want_8bit = config.optimizer == "adamw8bit" or (config.optimizer == "auto" and device.type == "cuda")
+    if want_8bit and device.type == "cuda":
+        try:
+            import bitsandbytes as bnb  # optional: never required
+
+            return bnb.optim.AdamW8bit(param_groups, **kwargs), "adamw8bit"
+        except ImportError:
+            if config.optimizer == "adamw8bit":
+                raise ValueError("optimizer = 'adamw8bit' needs the bitsandbytes package; install it or use 'adamw'")
+    return torch.optim.AdamW(param_groups, **kwargs), "adamw"
+
+
+class Trainer:
+    def __init__(self, inputs: TrainInputs, config: TrainConfig, device: torch.device | str = "cpu",
+                 checkpoint_dir: str | None = None):
+        self.inputs = inputs
+        self.config = config.validate()
+        self.device = torch.device(device)
+        self.checkpoint_dir = checkpoint_dir
+        self.mode = get_mode(config.mode)
+        self.dtype, self.use_scaler = pick_precision(self.config, self.device)
+        self.alphas_cumprod = ddpm_alphas_cumprod()
+
+    # ---- set-up -----------------------------------------------------------------------------------------
+    def _setup(self):
+        cfg = self.config
+        unet = self.inputs.unet
+        unet.requires_grad_(False)
+        unet.to(device=self.device, dtype=self.dtype)
+        unet.dtype = self.dtype  # ComfyUI's UNetModel casts its input to this attribute
+        gen = torch.Generator().manual_seed(cfg.seed)
+        lora = ContentStyleLoRA(unet, self.mode, rank=cfg.rank, generator=gen).to(self.device)
+        lora.attach(unet)
+        if cfg.gradient_checkpointing == "on" or (cfg.gradient_checkpointing == "auto" and self.device.type != "cpu"):
+            enable_checkpointing(unet)
+        optimizer, self.optimizer_name = make_optimizer(lora, cfg, self.device)
+        schedule = ColumnSchedule(lora, cfg.steps, sample_times=cfg.sample_times, column_ratio=cfg.column_ratio,
+                                  threshold=cfg.score_threshold)
+        scaler = torch.amp.GradScaler("cuda") if self.use_scaler else None
+        streams = self.inputs.streams.to(self.device, self.dtype)
+        return unet, lora, optimizer, schedule, scaler, gen, streams
+
+    # ---- one step ---------------------------------------------------------------------------------------
+    def _loss(self, unet, lora, streams: PromptStreams, gen: torch.Generator, schedule) -> torch.Tensor:
+        latent_size = self.config.resolution // 8
+        x0 = self.inputs.posteriors.sample_crop(latent_size, gen)
+        t = int(torch.randint(0, 1000, (1,), generator=gen))
+        noise = torch.randn(x0.shape, generator=gen)
+        a = float(self.alphas_cumprod[t])
+        xt = (math.sqrt(a) * x0 + math.sqrt(1.0 - a) * noise).to(self.device, self.dtype)
+        timesteps = torch.full((1,), float(t), device=self.device)
+        autocast = (torch.autocast(self.device.type, dtype=self.dtype) if self.dtype != torch.float32
+                    else contextlib.nullcontext())
+        separate = self.mode.prompt_separation  # naive / B-LoRA: both LoRAs read the combined prompt
+        with autocast:
+            eps = predict_eps(unet, lora, xt, timesteps, streams.x, self.inputs.adm.to(self.device),
+                              content=streams.x_c if separate else None, style=streams.x_s if separate else None)
+        loss = F.mse_loss(eps.float(), noise.to(self.device))
+        if schedule.orth_active:
+            loss = loss + orth_loss(lora, self.config.orth_lambda)
+        return loss
+
+    def run(self, progress: Callable[[int, int, float], None] | None = None,
+            should_stop: Callable[[], bool] | None = None, resume_from: str | None = None,
+            on_checkpoint: Callable[[str], None] | None = None) -> RunResult:
+        cfg = self.config
+        unet, lora, optimizer, schedule, scaler, gen, streams = self._setup()
+        start = 0
+        if resume_from:
+            start = self._load_checkpoint(resume_from, lora, optimizer, schedule, scaler, gen)
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        losses = []
+        g = start
+        while g < cfg.steps:
+            if should_stop is not None and should_stop():
+                path = self.save_checkpoint(g, lora, optimizer, schedule, scaler, gen)
+                if on_checkpoint:
+                    on_checkpoint(path)
+                from .jobs import JobCancelled
+
+                raise JobCancelled()
+            loss = self._loss(unet, lora, streams, gen, schedule)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"the loss became {loss.item()} at step {g}: lower the learning rates "
+                                         "or use precision fp32/bf16")
+            (scaler.scale(loss) if scaler else loss).backward()
+            if scaler:
+                scaler.unscale_(optimizer)
+            schedule.before_optimizer_step(g)
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            if scaler:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            schedule.after_optimizer_step()
+            optimizer.zero_grad(set_to_none=True)
+            g += 1
+            losses.append(loss.item())
+            if progress:
+                progress(g, cfg.steps, losses[-1])
+            if cfg.checkpoint_every and g % cfg.checkpoint_every == 0 and g < cfg.steps:
+                path = self.save_checkpoint(g, lora, optimizer, schedule, scaler, gen)
+                if on_checkpoint:
+                    on_checkpoint(path)
+        schedule.finish()
+        lora.detach()
+        return RunResult(lora, schedule, g, losses)
+
+    # ---- checkpoints -------------------------------------------------------------------------------------
+    def save_checkpoint(self, step, lora, optimizer, schedule, scaler, gen) -> str:
+        if not self.checkpoint_dir:
+            raise ValueError("no checkpoint directory was given")
+        os.makedirs(self.checkpoint_dir, exist_ok=True)
+        path = os.path.join(self.checkpoint_dir, f"step_{step:06d}.pt")
+        state = {
+            "version": CHECKPOINT_VERSION,
+            "step": step,
+            "config": self.config.to_json(),
+            "base_fingerprint": self.inputs.base_fingerprint,
+            "lora": {k: v.detach().cpu() for k, v in lora.state_dict().items()},
+            "schedule": schedule.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "optimizer_name": self.optimizer_name,
+            "scaler": scaler.state_dict() if scaler else None,
+            "generator": gen.get_state(),
+            "saved_at": time.time(),
+        }
+        tmp = path + ".tmp"
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+        return path
+
+    def _load_checkpoint(self, path, lora, optimizer, schedule, scaler, gen) -> int:
+        # weights_only: a checkpoint is plain tensors and containers; nothing in it may run code
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if state.get("version") != CHECKPOINT_VERSION:
+            raise ValueError(f"checkpoint {path} has version {state.get('version')}, expected {CHECKPOINT_VERSION}")
+        saved = TrainConfig.from_dict(json.loads(state["config"]))
+        if saved != self.config:
+            diff = [k for k in saved.__dataclass_fields__ if getattr(saved, k) != getattr(self.config, k)]
+            raise ValueError(f"checkpoint {path} was made with other settings ({', '.join(diff)}): "
+                             "resume with the same settings")
+        if self.inputs.base_fingerprint and state["base_fingerprint"] not in ("", self.inputs.base_fingerprint):
+            raise ValueError(f"checkpoint {path} was trained on another base model: resume with the same model")
+        lora.load_state_dict(state["lora"])
+        schedule.load_state_dict(state["schedule"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scaler and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        gen.set_state(state["generator"])
+        return int(state["step"])

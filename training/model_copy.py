@@ -1,0 +1,87 @@
+"""A private, trainable copy of the diffusion model.
+
+ComfyUI's model management has no locks: the queue can offload or re-patch a ModelPatcher while a thread
+trains on it, and weights loaded during execution are inference tensors (backward fails on them). So the job
+trains on its own copy, made outside inference mode, with the patcher's weight patches (LoRAs applied upstream
+in the graph) folded in, and never registered with comfy.model_management.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+
+import torch
+
+PREFIX = "diffusion_model."
+
+
+def _original_weight(model_patcher, key: str, current: torch.Tensor) -> torch.Tensor:
+    """The unpatched weight: ModelPatcher keeps originals of in-place patched weights in .backup."""
+    backup = getattr(model_patcher, "backup", {}) or {}
+    entry = backup.get(key)
+    if entry is not None:
+        return entry.weight
+    return current
+
+
+def patched_unet_state_dict(model_patcher) -> dict[str, torch.Tensor]:
+    """The diffusion model's weights with the patcher's patches applied, as fresh (non-inference) tensors."""
+    import comfy.lora
+
+    patches = getattr(model_patcher, "patches", {}) or {}
+    out = {}
+    with torch.inference_mode(False), torch.no_grad():
+        for name, tensor in model_patcher.model.diffusion_model.state_dict().items():
+            key = PREFIX + name
+            if key in patches:
+                w = _original_weight(model_patcher, key, tensor).to("cpu", torch.float32).clone()
+                w = comfy.lora.calculate_weight(patches[key], w, key)
+                out[name] = w.to(tensor.dtype)
+            else:
+                out[name] = _original_weight(model_patcher, key, tensor).to("cpu").clone()
+    return out
+
+
+def fingerprint(state_dict: dict[str, torch.Tensor], also: list[str] = ()) -> str:
+    """A cheap identity for a base model: shapes of all tensors and a sample of some of them (every 16th name,
+    plus `also`: the weights that graph-side patches changed)."""
+    h = hashlib.sha256()
+    names = sorted(state_dict)
+    for name in names:
+        h.update(f"{name}:{tuple(state_dict[name].shape)};".encode())
+    for name in sorted(set(names[:: max(1, len(names) // 16)]) | set(also)):
+        sample = state_dict[name].flatten()[:4096].to(torch.float32).contiguous()
+        h.update(sample.numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def private_unet_copy(model_patcher, dtype: torch.dtype | None = None) -> tuple[torch.nn.Module, str]:
+    """(a trainable copy of the diffusion model on the CPU, its fingerprint). The copy's ComfyUI ops run as
+    plain torch layers (no per-forward weight casting, no lowvram weight functions)."""
+    state = patched_unet_state_dict(model_patcher)
+    src = model_patcher.model.diffusion_model
+    with torch.inference_mode(False):
+        # deepcopy of a module on the meta device copies structure only; the weights come from `state`
+        unet = _structure_copy(src)
+        unet.load_state_dict(state, strict=True, assign=True)
+    for m in unet.modules():
+        if hasattr(m, "comfy_cast_weights"):
+            m.comfy_cast_weights = False
+            m.weight_function = []
+            m.bias_function = []
+    if dtype is not None:
+        unet.to(dtype)
+    unet.requires_grad_(False)
+    unet.train(False)
+    patched = [k[len(PREFIX):] for k in (getattr(model_patcher, "patches", {}) or {}) if k.startswith(PREFIX)]
+    return unet, fingerprint(state, [k for k in patched if k in state])
+
+
+def _structure_copy(module: torch.nn.Module) -> torch.nn.Module:
+    """A deep copy of the module tree whose tensors live on the meta device (no memory, no data copy)."""
+    memo = {}
+    for t in list(module.parameters()) + list(module.buffers()):
+        memo[id(t)] = torch.nn.Parameter(torch.empty_like(t, device="meta"), requires_grad=False) \
+            if isinstance(t, torch.nn.Parameter) else torch.empty_like(t, device="meta")
+    return copy.deepcopy(module, memo)

@@ -1,0 +1,50 @@
+"""Turn the graph's MODEL / CLIP / VAE / IMAGE into a run's inputs, in the queue thread, before the job starts.
+
+Everything handed to the background thread is a fresh tensor or a private module copy: the graph's objects
+may be changed or freed by the queue at any moment after the node returns.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .config import TrainConfig
+from .data import encode_posteriors, encode_prompts
+from .loop import TrainInputs
+from .model_copy import private_unet_copy
+
+
+def check_sdxl(model_patcher) -> None:
+    """Refuse anything that is not SDXL-shaped, naming what it is."""
+    model = getattr(model_patcher, "model", None)
+    unet = getattr(model, "diffusion_model", None)
+    config = getattr(getattr(model, "model_config", None), "unet_config", {}) or {}
+    ok = (unet is not None and hasattr(unet, "output_blocks") and config.get("context_dim") == 2048
+          and config.get("adm_in_channels") == 2816 and hasattr(model, "encode_adm"))
+    if not ok:
+        kind = type(model).__name__ if model is not None else type(model_patcher).__name__
+        raise ValueError(f"model is {kind} (context_dim {config.get('context_dim')}, adm {config.get('adm_in_channels')}): "
+                         "UnZipLoRA trains SDXL-architecture models (SDXL base, Pony, Illustrious, NoobAI, ...)")
+
+
+def time_ids_adm(model, pooled: torch.Tensor, resolution: int) -> torch.Tensor:
+    """The UNet's y vector: the combined prompt's pooled output + fixed size/crop ids (res, res, 0, 0, res, res)."""
+    return model.encode_adm(pooled_output=pooled, width=resolution, height=resolution, crop_w=0, crop_h=0,
+                            target_width=resolution, target_height=resolution).detach().float().clone()
+
+
+def prepare_inputs(model_patcher, clip, vae, image: torch.Tensor, prompt: str, content_prompt: str,
+                   style_prompt: str, config: TrainConfig) -> TrainInputs:
+    config.validate()
+    check_sdxl(model_patcher)
+    if clip is None:
+        raise ValueError("clip is missing: connect the checkpoint's CLIP so the three prompts can be encoded")
+    if vae is None:
+        raise ValueError("vae is missing: connect the checkpoint's VAE so the image can be encoded")
+    streams = encode_prompts(clip, prompt, content_prompt, style_prompt)
+    posteriors = encode_posteriors(vae, image, config.resolution, model_patcher.model.latent_format)
+    adm = time_ids_adm(model_patcher.model, streams.pooled, config.resolution)
+    unet, fp = private_unet_copy(model_patcher)
+    info = {"prompt": prompt, "content_prompt": content_prompt, "style_prompt": style_prompt,
+            "images": int(posteriors.mean.shape[0])}
+    return TrainInputs(unet=unet, streams=streams, posteriors=posteriors, adm=adm, base_fingerprint=fp, info=info)

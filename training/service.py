@@ -1,0 +1,84 @@
+"""Glue between a prepared run and the job manager: names, folders, the job's work, resume.
+
+Folders (under ComfyUI's, resolved by the node layer and passed in):
+    loras/unziplora/<name>_content.safetensors, <name>_style.safetensors   (LoraLoader lists them)
+    unziplora/<name>.safetensors                                           (the bundle: mergers, masks)
+    <output>/unziplora/checkpoints/<job id>/step_NNNNNN.pt                 (resumable state)
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+
+import torch
+
+from .config import TrainConfig
+from .export import export_run, output_names
+from .jobs import JobContext, JobManager, JobRecord
+from .loop import Trainer, TrainInputs
+
+
+@dataclass(frozen=True)
+class OutputDirs:
+    loras: str  # e.g. models/loras/unziplora
+    bundles: str  # e.g. models/unziplora
+    checkpoints: str  # e.g. output/unziplora/checkpoints
+
+
+def default_device() -> torch.device:
+    try:
+        import comfy.model_management as mm
+
+        return mm.get_torch_device()
+    except Exception:
+        return torch.device("cpu")
+
+
+class TrainingService:
+    def __init__(self, manager: JobManager, dirs: OutputDirs, device: torch.device | None = None):
+        self.manager = manager
+        self.dirs = dirs
+        self.device = device
+        self._names_lock = threading.Lock()
+
+    def reserved_names(self) -> set[str]:
+        """Names that queued or running jobs will write: two jobs never pick the same one."""
+        return {j.info.get("output_name") for j in self.manager.list() if j.state in ("queued", "running", "cancelling")}
+
+    def start(self, inputs: TrainInputs, config: TrainConfig, name: str, *, resume_prompt: dict | None = None,
+              node_id: str | None = None, resume_job: JobRecord | None = None, base_name: str = "") -> JobRecord:
+        config.validate()
+        with self._names_lock:
+            final_name = output_names(self.dirs, name, reserved=self.reserved_names())
+            info = dict(inputs.info, output_name=final_name, requested_name=name, mode=config.mode,
+                        node_id=node_id, base_model=base_name, config=config.to_json())
+            info["planned_outputs"] = {
+                "content": os.path.join(self.dirs.loras, f"{final_name}_content.safetensors"),
+                "style": os.path.join(self.dirs.loras, f"{final_name}_style.safetensors"),
+                "bundle": os.path.join(self.dirs.bundles, f"{final_name}.safetensors"),
+            }
+            resume_from = resume_job.checkpoint if resume_job else None
+            work = self._work(inputs, config, final_name, base_name, resume_from)
+            job = self.manager.submit(final_name, work, total=config.steps, info=info, resume_prompt=resume_prompt,
+                                      resumed_from=resume_job.id if resume_job else None)
+        return job
+
+    def _work(self, inputs: TrainInputs, config: TrainConfig, name: str, base_name: str, resume_from: str | None):
+        def work(ctx: JobContext) -> dict:
+            device = self.device or default_device()
+            checkpoint_dir = os.path.join(self.dirs.checkpoints, ctx.job.id)
+            trainer = Trainer(inputs, config, device=device, checkpoint_dir=checkpoint_dir)
+            if resume_from:
+                ctx.job.checkpoint = resume_from
+            try:
+                result = trainer.run(progress=ctx.progress, should_stop=lambda: ctx.stop_requested,
+                                     resume_from=resume_from, on_checkpoint=ctx.set_checkpoint)
+            finally:
+                inputs.unet.to("cpu")
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+            return export_run(result, config, self.dirs, name, inputs, base_name=base_name)
+
+        return work
