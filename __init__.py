@@ -5,9 +5,9 @@ WEB_DIRECTORY = "./web"
 
 async def comfy_entrypoint():
     # Imported here, not at module level, so the package imports without a running ComfyUI (unit tests).
-    from .nodes import UnZipLoRAExtension
+    from .nodes import make_extension
 
-    return UnZipLoRAExtension()
+    return make_extension()
 
 
 __all__ = ["WEB_DIRECTORY", "comfy_entrypoint"]

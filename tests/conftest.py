@@ -61,3 +61,7 @@ def tiny_sdxl():
     from tiny_models import build_tiny_sdxl
 
     return build_tiny_sdxl(seed=0)
+
+
+# --- live ComfyUI server fixtures (tests/comfy_server.py) ---
+from comfy_server import comfy_client, comfy_server, tiny_checkpoint  # noqa: E402, F401

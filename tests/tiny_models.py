@@ -34,9 +34,13 @@ TINY_UNET_CONFIG = {
 def init_weights_(module: torch.nn.Module, seed: int = 0, std: float = 0.02) -> None:
     """ComfyUI's ops skip initialisation: give every parameter a defined, seeded value."""
     g = torch.Generator().manual_seed(seed)
+    # by module type, not name: ResBlock's GroupNorms are "in_layers.0" / "out_layers.0" and the UNet's last
+    # one "out.0"; a zero scale there zeroes the whole UNet output
+    norms = {f"{n}.{k}" if n else k for n, m in module.named_modules()
+             if isinstance(m, (torch.nn.GroupNorm, torch.nn.LayerNorm)) for k in ("weight", "bias")}
     with torch.no_grad():
         for name, p in module.named_parameters():
-            if p.ndim == 1 and ("norm" in name or name.endswith("ln.weight")):
+            if p.ndim == 1 and (name in norms or "norm" in name or name.endswith("ln.weight")):
                 p.fill_(1.0 if name.endswith("weight") else 0.0)
             elif p.ndim == 1:
                 p.zero_()

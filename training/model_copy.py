@@ -65,17 +65,32 @@ def private_unet_copy(model_patcher, dtype: torch.dtype | None = None) -> tuple[
         # deepcopy of a module on the meta device copies structure only; the weights come from `state`
         unet = _structure_copy(src)
         unet.load_state_dict(state, strict=True, assign=True)
-    for m in unet.modules():
-        if hasattr(m, "comfy_cast_weights"):
-            m.comfy_cast_weights = False
-            m.weight_function = []
-            m.bias_function = []
+    as_plain_torch_layers(unet)
     if dtype is not None:
         unet.to(dtype)
     unet.requires_grad_(False)
     unet.train(False)
     patched = [k[len(PREFIX):] for k in (getattr(model_patcher, "patches", {}) or {}) if k.startswith(PREFIX)]
     return unet, fingerprint(state, [k for k in patched if k in state])
+
+
+def as_plain_torch_layers(module: torch.nn.Module) -> int:
+    """Turn ComfyUI's op layers (comfy.ops.*.Linear, Conv2d, GroupNorm, ...) into their torch base classes.
+
+    Their forward calls comfy.ops.run_every_op(), which checks AND clears ComfyUI's global interrupt flag: in a
+    training thread that would stop training when the user interrupts an unrelated prompt, and swallow that
+    interrupt. The torch classes have the same parameters and state_dict keys; only the forward differs.
+    """
+    n = 0
+    for m in module.modules():
+        cls = type(m)
+        if not cls.__module__.startswith("comfy.ops"):
+            continue
+        base = next((c for c in cls.__mro__ if c.__module__.startswith("torch.nn")), None)
+        if base is not None:
+            m.__class__ = base
+            n += 1
+    return n
 
 
 def _structure_copy(module: torch.nn.Module) -> torch.nn.Module:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from .config import TrainConfig
-from .data import encode_posteriors, encode_prompts
+from .data import LatentPosteriors, PromptStreams, encode_posteriors, encode_prompts
 from .loop import TrainInputs
 from .model_copy import private_unet_copy
 
@@ -33,6 +33,13 @@ def time_ids_adm(model, pooled: torch.Tensor, resolution: int) -> torch.Tensor:
                             target_width=resolution, target_height=resolution).detach().float().clone()
 
 
+def _plain(t: torch.Tensor) -> torch.Tensor:
+    """A normal tensor. The queue runs nodes under torch.inference_mode(): tensors made there, clones included,
+    are inference tensors, which the job's thread cannot use in anything autograd tracks."""
+    with torch.inference_mode(False):
+        return t.clone()
+
+
 def prepare_inputs(model_patcher, clip, vae, image: torch.Tensor, prompt: str, content_prompt: str,
                    style_prompt: str, config: TrainConfig) -> TrainInputs:
     config.validate()
@@ -43,7 +50,9 @@ def prepare_inputs(model_patcher, clip, vae, image: torch.Tensor, prompt: str, c
         raise ValueError("vae is missing: connect the checkpoint's VAE so the image can be encoded")
     streams = encode_prompts(clip, prompt, content_prompt, style_prompt)
     posteriors = encode_posteriors(vae, image, config.resolution, model_patcher.model.latent_format)
-    adm = time_ids_adm(model_patcher.model, streams.pooled, config.resolution)
+    adm = _plain(time_ids_adm(model_patcher.model, streams.pooled, config.resolution))
+    streams = PromptStreams(*(_plain(t) for t in (streams.x, streams.x_c, streams.x_s, streams.pooled)))
+    posteriors = LatentPosteriors(_plain(posteriors.mean), _plain(posteriors.std))
     unet, fp = private_unet_copy(model_patcher)
     info = {"prompt": prompt, "content_prompt": content_prompt, "style_prompt": style_prompt,
             "images": int(posteriors.mean.shape[0])}

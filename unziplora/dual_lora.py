@@ -50,10 +50,11 @@ class LoRAFactors(nn.Module):
         return self.merger
 
     def delta(self, x: torch.Tensor, masks_on: bool) -> torch.Tensor:
-        down = self.down.to(x.dtype)
-        up = self.up.to(x.dtype)
+        # the device too: at inference the LoRA may stay where it was built while ComfyUI moves the UNet
+        down = self.down.to(device=x.device, dtype=x.dtype)
+        up = self.up.to(device=x.device, dtype=x.dtype)
         h = F.linear(F.linear(x, down), up)
-        return h * self.column_scale(masks_on).to(h.dtype)
+        return h * self.column_scale(masks_on).to(device=h.device, dtype=h.dtype)
 
     def dense_weight(self) -> torch.Tensor:
         """B A, formed only where a dense matrix is really needed (Cone scores at selection, export checks)."""

@@ -1,0 +1,233 @@
+"""The three-stream attn2 K/V patch through ComfyUI: model_conds streams, the APPLY_MODEL wrapper, sampling
+batched / split / cfg 1 against the training path, clone() and .to(), wrapping other patches, long prompts."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from tiny_models import random_conditioning
+
+from unziplora_pack.unziplora import content_style, kv_patch
+from unziplora_pack.unziplora.dual_lora import DualLoRA
+
+APPLY_MODEL = "apply_model"
+
+
+@pytest.fixture
+def lora(tiny_sdxl):
+    lora = content_style.ContentStyleLoRA(tiny_sdxl, "unziplora", rank=8, seed=2)
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for _, f in lora._sides():
+            f.merger.copy_(torch.rand(f.merger.shape, generator=g))
+            f.mask.copy_((torch.rand(f.mask.shape, generator=g) < 0.5).float())
+    lora.set_masks_on(True)
+    yield lora
+    import comfy.model_management
+
+    comfy.model_management.unload_all_models()
+
+
+def _conds(seed):
+    ctx, pooled = random_conditioning(seed)
+    return [[ctx, {"pooled_output": pooled, "width": 1024, "height": 1024}]]
+
+
+def _sample(model, positive, negative, cfg, steps=2, seed=0):
+    import comfy.sample
+
+    lat = torch.zeros(1, 4, 16, 16)
+    noise = comfy.sample.prepare_noise(lat, seed)
+    return comfy.sample.sample(model, noise, steps, cfg, "euler", "normal", positive, negative, lat,
+                               disable_pbar=True, seed=seed)
+
+
+class _NoFreeMemory:
+    """comfy.samplers' view of model_management, reporting no free memory: cond and uncond run apart."""
+
+    def __getattr__(self, name):
+        import comfy.model_management
+
+        return getattr(comfy.model_management, name)
+
+    def get_free_memory(self, *args, **kwargs):
+        return 0
+
+
+def assert_close(a, b, rel=1e-5):
+    """Samples of a random tiny UNet are ~1e2 (sigma_max x noise): compare relative to the scale."""
+    err = ((a - b).abs().max() / b.abs().max()).item()
+    print(f"relative error {err:.2e}")
+    assert err <= rel
+
+
+def _spy_wrapper(records):
+    def spy(executor, x, t, *args, **kwargs):
+        out = executor(x, t, *args, **kwargs)
+        records.append((x.clone(), t.clone(), out.clone(), args[3].get("cond_or_uncond")))
+        return out
+    return spy
+
+
+def test_sampling_batched_split_cfg1_and_unpatch(tiny_sdxl, lora, monkeypatch):
+    import comfy.model_management
+    import comfy.patcher_extension
+    import comfy.samplers
+
+    before = {k: v.clone() for k, v in tiny_sdxl.model.diffusion_model.state_dict().items()}
+    xc, xs = random_conditioning(11)[0], random_conditioning(12)[0]
+    pos = kv_patch.with_streams(_conds(1), xc, xs)
+    neg = kv_patch.with_zero_streams(_conds(2))
+    patched = kv_patch.install(tiny_sdxl, lora)
+    records = []
+    patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, "spy", _spy_wrapper(records))
+
+    batched = _sample(patched, pos, neg, cfg=5.0)
+    assert [r[0].shape[0] for r in records] == [2, 2]  # cond and uncond ran as one batch
+    records.clear()
+    monkeypatch.setattr(comfy.samplers, "model_management", _NoFreeMemory())  # "low VRAM": split batches
+    split = _sample(patched, pos, neg, cfg=5.0)
+    monkeypatch.undo()
+    assert [r[0].shape[0] for r in records] == [1, 1, 1, 1]
+    assert_close(batched, split)
+    plain = _sample(tiny_sdxl, _conds(1), _conds(2), cfg=5.0)
+    assert ((batched - plain).abs().max() / plain.abs().max()).item() > 1e-3  # the LoRA does something
+
+    # cfg = 1 skips uncond; the denoised output must equal the training path on the same input
+    records.clear()
+    _sample(patched, pos, neg, cfg=1.0, steps=1)
+    (x, sigma, denoised, cou), = records
+    assert cou == [0]
+    comfy.model_management.unload_all_models()
+    unet = copy.deepcopy(tiny_sdxl.model.diffusion_model)
+    lora.attach(unet)
+    ms = tiny_sdxl.model.model_sampling
+    with torch.no_grad():
+        eps = kv_patch.predict_eps(unet, lora, ms.calculate_input(sigma, x), ms.timestep(sigma), pos[0][0],
+                                   kv_patch.sdxl_y(tiny_sdxl.model, pos[0][1]["pooled_output"]), xc, xs,
+                                   pytorch_attention=False)
+    ref = x - eps * sigma.view(-1, 1, 1, 1)
+    assert_close(denoised, ref)
+
+    # the shared BaseModel got its weights back once ComfyUI unloaded the patched model
+    comfy.model_management.unload_all_models()
+    after = tiny_sdxl.model.diffusion_model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_entry_without_streams_is_an_ordinary_lora(tiny_sdxl, lora):
+    from comfy.weight_adapter.lora import LoRAAdapter
+
+    merged = tiny_sdxl.clone()
+    adapters = {}
+    for path, t in lora.targets.items():
+        up, down = lora.merged_factors(path)
+        adapters[t.weight_key] = LoRAAdapter(set(), (up.clone(), down.clone(), None, None, None, None))
+    assert len(merged.add_patches(adapters, 1.0)) == 88
+    ref = _sample(merged, _conds(1), _conds(2), cfg=4.0)
+    out = _sample(kv_patch.install(tiny_sdxl, lora), _conds(1), _conds(2), cfg=4.0)
+    assert_close(out, ref)
+
+
+def test_clone_shares_parameters_and_to_is_harmless(tiny_sdxl, lora):
+    patched = kv_patch.install(tiny_sdxl, lora)
+    clone = patched.clone().clone()
+    slots = patched.model_options["transformer_options"]["patches_replace"]["attn2"]
+    cslots = clone.model_options["transformer_options"]["patches_replace"]["attn2"]
+    assert len(slots) == 11 and all(cslots[k] is p for k, p in slots.items())
+    p = cslots[("output", 0, 0)]
+    assert p.to_k is lora.dual("output_blocks.0.1.transformer_blocks.0.attn2.to_k")
+    assert p.to_k.content.up.data_ptr() == lora.dual(
+        "output_blocks.0.1.transformer_blocks.0.attn2.to_k").content.up.data_ptr()
+    ptr = p.to_v.style.down.data_ptr()
+    assert p.to(torch.float16) is p and p.to(torch.device("cpu")) is p
+    clone.model_patches_to(torch.float16)
+    clone.model_patches_to(torch.device("cpu"))
+    assert p.to_v.style.down.dtype == torch.float32 and p.to_v.style.down.data_ptr() == ptr
+    assert all(q.dtype == torch.float32 for q in lora.parameters())
+    # installing twice would add the static weight patches twice; a second LoRA shares the one wrapper
+    with pytest.raises(ValueError, match="already installed"):
+        kv_patch.install(clone, lora)
+    other = content_style.ContentStyleLoRA(tiny_sdxl, "blora", rank=2)
+    both = kv_patch.install(clone, other)
+    assert len(both.get_wrappers(APPLY_MODEL, kv_patch.WRAPPER_KEY)) == 1
+    assert both.model_options["transformer_options"]["patches_replace"]["attn2"][("output", 0, 0)].previous is p
+
+
+def test_wraps_an_existing_replace_patch(tiny_sdxl, lora):
+    import comfy.ldm.modules.attention as attention
+
+    calls = []
+
+    def other(q, k, v, extra):
+        calls.append(k)
+        return attention.optimized_attention(q, k, v, extra["n_heads"], transformer_options=extra)
+
+    m = tiny_sdxl.clone()
+    m.set_model_attn2_replace(other, "output", 0, 0)
+    m.set_model_attn2_replace(other, "output", 1)  # block-level key: ComfyUI falls back to it
+    patched = kv_patch.install(m, lora)
+    slots = patched.model_options["transformer_options"]["patches_replace"]["attn2"]
+    assert slots[("output", 0, 0)].previous is other and slots[("output", 1, 0)].previous is other
+    assert slots[("input", 4, 0)].previous is None
+    _sample(patched, kv_patch.with_streams(_conds(1), *(random_conditioning(3)[0],) * 2),
+            kv_patch.with_zero_streams(_conds(2)), cfg=3.0, steps=1)
+    assert len(calls) == 2  # one batched cond+uncond forward, two wrapped slots
+
+
+def test_content_delta_ignores_style_stream(tiny_sdxl, lora):
+    """Through the real UNet: the k that reaches attention is W0 x + delta_c(x_c) + delta_s(x_s)."""
+    unet = copy.deepcopy(tiny_sdxl.model.diffusion_model)
+    lora.attach(unet)
+    path = "middle_block.1.transformer_blocks.0.attn2.to_k"
+    dual, w0 = lora.dual(path), unet.get_submodule(path).weight
+    got = []
+
+    def spy(q, k, v, extra):
+        got.append(k)
+        return torch.zeros_like(q)
+    ctx, pooled = random_conditioning(0)
+    xc = random_conditioning(1)[0]
+    y = kv_patch.sdxl_y(tiny_sdxl.model, pooled)
+    content = []
+    with torch.no_grad():
+        for seed in (2, 3):
+            xs = random_conditioning(seed)[0]
+            options = kv_patch.training_transformer_options(lora, ctx, xc, xs)
+            options["patches_replace"]["attn2"] = kv_patch.kv_patches(lora, {("middle", 0, 0): spy})
+            unet(torch.randn(1, 4, 16, 16), torch.tensor([99.0]), context=ctx, y=y, transformer_options=options)
+            content.append(got[-1] - ctx @ w0.T - dual.style.delta(xs, True))
+            assert torch.allclose(content[-1], dual.content.delta(xc, True), atol=1e-5)
+    assert torch.allclose(content[0], content[1], atol=1e-6)
+
+
+def _call_patch(patch, x, xc=None, xs=None, heads=4):
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(x.shape[0], 6, 128, generator=g)
+    k = x @ torch.randn(2048, 128, generator=g) / 45
+    extra = {"n_heads": heads, kv_patch.STREAMS_KEY: kv_patch.prepare_streams(x, xc, xs)}
+    return patch(q, k, k.clone(), extra)
+
+
+def test_long_prompts_pad_or_refuse():
+    dual_k, dual_v = DualLoRA(2048, 128, 8), DualLoRA(2048, 128, 8)
+    patch = kv_patch.KVPatch(dual_k, dual_v)
+    g = torch.Generator().manual_seed(1)
+    x, xc, xs = torch.randn(1, 154, 2048, generator=g), torch.randn(1, 77, 2048, generator=g), torch.randn(
+        1, 154, 2048, generator=g)
+    padded = torch.cat([xc, torch.zeros_like(xc)], 1)
+    with torch.no_grad():
+        assert torch.equal(_call_patch(patch, x, xc, xs), _call_patch(patch, x, padded, xs))
+        assert not torch.equal(_call_patch(patch, x, xc, xs), _call_patch(patch, x, None, xs))
+    with pytest.raises(ValueError, match=r"content prompt has 231 tokens .* 154"):
+        kv_patch.prepare_streams(x, torch.randn(1, 231, 2048), xs)
+    conds = [[x, {"pooled_output": torch.zeros(1, 1280)}]]
+    with_s = kv_patch.with_streams(conds, xc, xs)
+    assert with_s[0][1]["model_conds"][kv_patch.CONTENT_COND].cond.shape == (1, 154, 2048)
+    assert "model_conds" not in conds[0][1]  # the input CONDITIONING is not modified
+    with pytest.raises(ValueError, match="style prompt has 231"):
+        kv_patch.with_streams(conds, xc, torch.randn(1, 231, 2048))
+    with pytest.raises(RuntimeError, match="without its prompt streams"):
+        patch(torch.zeros(1, 6, 128), torch.zeros(1, 77, 128), torch.zeros(1, 77, 128), {"n_heads": 4})

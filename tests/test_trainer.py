@@ -1,0 +1,111 @@
+"""The training loop on the tiny model: it learns, it follows the schedule, and resume is exact."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from tiny_models import random_conditioning
+from unziplora_pack.training.config import TrainConfig
+from unziplora_pack.training.data import LatentPosteriors, PromptStreams
+from unziplora_pack.training.jobs import JobCancelled
+from unziplora_pack.training.loop import Trainer, TrainInputs, ddpm_alphas_cumprod
+from unziplora_pack.training.model_copy import private_unet_copy
+
+CFG = TrainConfig(steps=6, rank=4, resolution=64, sample_times=2, checkpoint_every=0, seed=3)
+
+
+@pytest.fixture
+def make_inputs(tiny_sdxl):
+    unet, fp = private_unet_copy(tiny_sdxl)
+    x, pooled = random_conditioning(1)
+    x_c, _ = random_conditioning(2)
+    x_s, _ = random_conditioning(3)
+    g = torch.Generator().manual_seed(4)
+    post = LatentPosteriors(torch.randn(1, 4, 10, 12, generator=g), torch.full((1, 4, 10, 12), 0.1))
+    adm = tiny_sdxl.model.encode_adm(pooled_output=pooled, width=64, height=64, crop_w=0, crop_h=0,
+                                     target_width=64, target_height=64)
+
+    def make():
+        return TrainInputs(unet=copy.deepcopy(unet), streams=PromptStreams(x, x_c, x_s, pooled), posteriors=post,
+                           adm=adm.detach().clone(), base_fingerprint=fp)
+
+    return make
+
+
+def _lora_state(result):
+    return {k: v.detach().clone() for k, v in result.lora.state_dict().items()}
+
+
+def test_ddpm_schedule_matches_comfyui_sdxl_sampling(tiny_sdxl):
+    a = ddpm_alphas_cumprod()
+    assert a.shape == (1000,)
+    assert float(a[0]) == pytest.approx(1 - 0.00085, rel=1e-9)
+    # ComfyUI's own discrete schedule for SDXL: sigma_t = sqrt((1 - a_t) / a_t)
+    sigmas = tiny_sdxl.model.model_sampling.sigmas.double()
+    torch.testing.assert_close(((1 - a) / a).sqrt(), sigmas, rtol=1e-5, atol=0)
+
+
+def test_run_is_deterministic_and_resume_is_exact(make_inputs, tmp_path):
+    full = Trainer(make_inputs(), CFG).run()
+    again = Trainer(make_inputs(), CFG).run()
+    a, b = _lora_state(full), _lora_state(again)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), "same seed, same inputs must give the same LoRAs"
+
+    stops = iter([False, False, False, True])
+    t1 = Trainer(make_inputs(), CFG, checkpoint_dir=str(tmp_path))
+    saved = []
+    with pytest.raises(JobCancelled):
+        t1.run(should_stop=lambda: next(stops), on_checkpoint=saved.append)
+    assert len(saved) == 1 and saved[0].endswith("step_000003.pt")
+    resumed = Trainer(make_inputs(), CFG, checkpoint_dir=str(tmp_path)).run(resume_from=saved[0])
+    assert resumed.steps_done == CFG.steps
+    c = _lora_state(resumed)
+    for k in a:
+        torch.testing.assert_close(c[k], a[k], rtol=1e-5, atol=1e-6, msg=f"{k} differs after resume")
+    assert full.losses[3:] == pytest.approx(resumed.losses, rel=1e-5)
+
+
+def test_resume_refuses_other_settings(make_inputs, tmp_path):
+    stops = iter([False, True])
+    saved = []
+    with pytest.raises(JobCancelled):
+        Trainer(make_inputs(), CFG, checkpoint_dir=str(tmp_path)).run(should_stop=lambda: next(stops),
+                                                                       on_checkpoint=saved.append)
+    other = TrainConfig(**{**CFG.__dict__, "rank": 8})
+    with pytest.raises(ValueError, match="rank"):
+        Trainer(make_inputs(), other, checkpoint_dir=str(tmp_path)).run(resume_from=saved[0])
+
+
+def test_masks_follow_the_schedule_and_base_is_untouched(make_inputs):
+    inputs = make_inputs()
+    before = {k: v.clone() for k, v in inputs.unet.state_dict().items()}
+    result = Trainer(inputs, CFG).run()
+    # after the run: masks on, every masked side holds between K and 2K columns (2 selections)
+    lora = result.lora
+    assert lora.masks_on
+    for path, block, dual in lora.items():
+        for name, side in dual.sides():
+            held = int(side.mask.sum())
+            if side.mask_mode == "masked":
+                k = max(1, int(side.mask.numel() * CFG.column_ratio))
+                assert k <= held <= 2 * k, (path, name, held)
+    after = inputs.unet.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before), "training must not change the base weights"
+    assert all(0.0 <= float(p.min()) and float(p.max()) <= 1.0 for p in lora.parameter_groups()["mergers"])
+
+
+def test_queue_interrupt_neither_stops_training_nor_is_swallowed(make_inputs):
+    """ComfyUI's Interrupt belongs to the queue: the background run must ignore it and leave it set."""
+    import comfy.model_management as mm
+
+    mm.interrupt_current_processing(True)
+    try:
+        result = Trainer(make_inputs(), TrainConfig(**{**CFG.__dict__, "steps": 2})).run()
+        assert result.steps_done == 2
+        assert mm.processing_interrupted(), "the trainer consumed the queue's interrupt flag"
+    finally:
+        mm.interrupt_current_processing(False)

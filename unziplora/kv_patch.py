@@ -1,0 +1,266 @@
+"""Prompt separation in cross-attention, delivered through ComfyUI's own attention replace patches.
+
+    K = W0 x + (m_c M_c) . (B_c A_c x_c) + (m_s M_s) . (B_s A_s x_s)        (V alike)
+
+x is the combined prompt (ComfyUI's c_crossattn), x_c / x_s the content / style prompts. Inference: x_c and
+x_s ride on each CONDITIONING entry as model_conds (ComfyUI repeats them to the batch and concatenates
+them across cond/uncond exactly as it does c_crossattn, so they stay batch-aligned in any order or split);
+an APPLY_MODEL wrapper moves them into a copy of transformer_options, where the attn2 replace patch of each
+transformer block reads them. Training builds the same transformer_options by hand and calls the UNet.
+Only the attn2 K/V deltas live here; every other LoRA linear sees the image tokens only, so its delta is a
+static weight patch (inference) or a forward hook (training, content_style.attach).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .content_style import ContentStyleLoRA
+from .dual_lora import DualLoRA
+from .targets import unet_of
+
+STREAMS_KEY = "unziplora_streams"  # transformer_options entry read by the patches
+CONTENT_COND = "unziplora_content"  # model_conds keys: they become BaseModel.apply_model kwargs
+STYLE_COND = "unziplora_style"
+WRAPPER_KEY = "unziplora"
+
+
+# -- streams -----------------------------------------------------------------------------------------
+def match_length(stream: torch.Tensor, length: int, name: str) -> torch.Tensor:
+    """Zero-pad a prompt stream to `length` tokens: a zero token adds a zero delta to K and V.
+
+    A stream longer than the combined prompt cannot be aligned with it (padding x would change the base
+    attention), so that is refused.
+    """
+    n = stream.shape[1]
+    if n == length:
+        return stream
+    if n > length:
+        raise ValueError(f"UnZipLoRA: the {name} prompt has {n} tokens but the combined prompt has {length}; "
+                         "the combined prompt must be at least as long (it normally contains both)")
+    pad = stream.new_zeros(stream.shape[0], length - n, *stream.shape[2:])
+    return torch.cat([stream, pad], dim=1)
+
+
+def _match_batch(stream: torch.Tensor, batch: int, name: str) -> torch.Tensor:
+    if stream.shape[0] == batch:
+        return stream
+    if stream.shape[0] == 1:
+        return stream.expand(batch, *stream.shape[1:])
+    raise ValueError(f"UnZipLoRA: the {name} stream has batch {stream.shape[0]}, the combined prompt {batch}")
+
+
+def prepare_streams(x: torch.Tensor, content: torch.Tensor | None = None, style: torch.Tensor | None = None,
+                    device=None, dtype=None) -> dict:
+    """The transformer_options entry: x plus content / style streams padded and batch-aligned to x.
+
+    A missing stream means no separation for that LoRA (it reads x, an ordinary LoRA).
+    """
+    x = x.to(device=device or x.device, dtype=dtype or x.dtype)
+    out = {"x": x, "content": None, "style": None}
+    for name, s in (("content", content), ("style", style)):
+        if s is not None:
+            s = _match_batch(match_length(s, x.shape[1], name), x.shape[0], name)
+            out[name] = s.to(device=x.device, dtype=x.dtype)
+    return out
+
+
+# -- the patch ---------------------------------------------------------------------------------------
+class KVPatch:
+    """attn2 replace patch of one transformer block: add the dual LoRA deltas to k and v, then attend.
+
+    Not an nn.Module and with a no-op `.to`: ComfyUI deep-copies model_options on every clone() and calls
+    `.to(device)` / `.to(dtype)` on patches; both would copy or cast the shared (trainable) Parameters.
+    The deltas cast the factors to k's device and dtype on the fly instead.
+    """
+
+    def __init__(self, to_k: DualLoRA | None, to_v: DualLoRA | None, previous=None, owner=None):
+        self.to_k = to_k
+        self.to_v = to_v
+        self.previous = previous  # another replace patch that was in this slot (e.g. IPAdapter): wrapped
+        self.owner = owner
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def to(self, *args, **kwargs):
+        if self.previous is not None and hasattr(self.previous, "to"):
+            self.previous = self.previous.to(*args, **kwargs)
+        return self
+
+    def _delta(self, dual: DualLoRA | None, streams: dict, like: torch.Tensor):
+        if dual is None:
+            return None
+        cast = [None if s is None else s.to(device=like.device, dtype=like.dtype)
+                for s in (streams["x"], streams["content"], streams["style"])]
+        return dual.delta(*cast)
+
+    def __call__(self, q, k, v, extra_options):
+        streams = extra_options.get(STREAMS_KEY)
+        if streams is None:
+            raise RuntimeError("UnZipLoRA K/V patch ran without its prompt streams: install it with "
+                               "kv_patch.install() or pass kv_patch.training_transformer_options()")
+        x = streams["x"]
+        if x.shape[:2] != k.shape[:2]:
+            raise ValueError(f"UnZipLoRA: cross-attention context is {tuple(k.shape[:2])} (batch, tokens) but the "
+                             f"prompt streams are {tuple(x.shape[:2])}; another patch changed the context?")
+        dk = self._delta(self.to_k, streams, k)
+        dv = self._delta(self.to_v, streams, v)
+        if dk is not None:
+            k = k + dk
+        if dv is not None:
+            v = v + dv
+        if self.previous is not None:
+            return self.previous(q, k, v, extra_options)
+        import comfy.ldm.modules.attention as attention  # looked up per call: ComfyUI picks it at start-up
+
+        return attention.optimized_attention(q, k, v, extra_options["n_heads"],
+                                             attn_precision=extra_options.get("attn_precision"),
+                                             transformer_options=extra_options)
+
+
+def kv_patches(lora: ContentStyleLoRA, existing: dict | None = None) -> dict[tuple, KVPatch]:
+    """One KVPatch per transformer block with attn2 K/V LoRAs, wrapping what `existing` has in the slot.
+
+    ComfyUI looks a slot up as (block, number, index) first, then (block, number): a patch under the
+    shorter key would be shadowed by ours, so it is wrapped too.
+    """
+    existing = existing or {}
+    out = {}
+    for key, duals in lora.kv_slots().items():
+        prev = existing.get(key, existing.get(key[:2]))
+        out[key] = KVPatch(duals.get("to_k"), duals.get("to_v"), prev, owner=lora)
+    return out
+
+
+# -- inference: ModelPatcher ---------------------------------------------------------------------------
+def _model_dtype(base_model):
+    dtype = getattr(base_model, "manual_cast_dtype", None)
+    return dtype if dtype is not None else base_model.get_dtype()
+
+
+def streams_wrapper(executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options=None,
+                    **kwargs):
+    """APPLY_MODEL wrapper: model_conds streams -> a shallow copy of transformer_options.
+
+    The copy keeps the streams of this call out of the dict ComfyUI reuses for the next batch.
+    """
+    content = kwargs.pop(CONTENT_COND, None)
+    style = kwargs.pop(STYLE_COND, None)
+    options = dict(transformer_options or {})
+    if c_crossattn is not None:
+        options[STREAMS_KEY] = prepare_streams(c_crossattn, content, style, device=x.device,
+                                               dtype=_model_dtype(executor.class_obj))
+    return executor(x, t, c_concat, c_crossattn, control, options, **kwargs)
+
+
+def install(model_patcher, lora: ContentStyleLoRA, *, static: bool = True):
+    """A clone of `model_patcher` running `lora`: the one way the pack puts the LoRA pair into ComfyUI.
+
+    static: also add every other LoRA linear's delta (current masks and mergers, snapshot at this call) as
+    ordinary ComfyUI LoRA weight patches; attn2 K/V always stay live in the replace patches.
+    """
+    import comfy.patcher_extension
+    from comfy.weight_adapter.lora import LoRAAdapter
+
+    slot = model_patcher.model_options["transformer_options"].get("patches_replace", {}).get("attn2", {})
+    if any(isinstance(p, KVPatch) and p.owner is lora for p in slot.values()):
+        # the static weight patches would be added a second time
+        raise ValueError("UnZipLoRA: this LoRA pair is already installed on this model; install on the original")
+    m = model_patcher.clone()
+    if static:
+        patches = {}
+        for path, t in lora.targets.items():
+            factors = None if t.is_cross_kv else lora.merged_factors(path)
+            if factors is not None:
+                up, down = (f.clone() for f in factors)
+                patches[t.weight_key] = LoRAAdapter(set(), (up, down, None, None, None, None))
+        missing = set(patches) - set(m.add_patches(patches, 1.0))
+        if missing:
+            raise ValueError(f"UnZipLoRA: {len(missing)} LoRA weights not found in the model, e.g. {min(missing)}")
+    for key, patch in kv_patches(lora, slot).items():
+        m.set_model_attn2_replace(patch, *key)
+    apply_model = comfy.patcher_extension.WrappersMP.APPLY_MODEL
+    m.remove_wrappers_with_key(apply_model, WRAPPER_KEY)
+    m.add_wrapper_with_key(apply_model, WRAPPER_KEY, streams_wrapper)
+    return m
+
+
+def _as_tensor(stream):
+    """A stream given as a tensor or as a CONDITIONING list (its first entry's tokens)."""
+    if isinstance(stream, (list, tuple)):
+        return stream[0][0]
+    return stream
+
+
+def with_streams(conditioning, content, style):
+    """A copy of a CONDITIONING list whose entries carry the content and style prompt streams.
+
+    Padded per entry to the entry's own length, so ComfyUI's repeat-to-common-length on batching treats
+    x, x_c and x_s alike.
+    """
+    import comfy.conds
+
+    content, style = _as_tensor(content), _as_tensor(style)
+    out = []
+    for x, opts in conditioning:
+        model_conds = dict(opts.get("model_conds", {}))
+        model_conds[CONTENT_COND] = comfy.conds.CONDCrossAttn(match_length(content, x.shape[1], "content"))
+        model_conds[STYLE_COND] = comfy.conds.CONDCrossAttn(match_length(style, x.shape[1], "style"))
+        out.append([x, {**opts, "model_conds": model_conds}])
+    return out
+
+
+def with_zero_streams(conditioning):
+    """Zero content / style streams: the method's unconditional branch. It also gives uncond the same
+    model_conds keys as cond, which ComfyUI needs to batch the two together."""
+    out = []
+    for x, opts in conditioning:
+        zeros = torch.zeros_like(x)
+        out += with_streams([[x, opts]], zeros, zeros)
+    return out
+
+
+# -- training: a private UNet -------------------------------------------------------------------------
+def _pytorch_attention(func, *args, **kwargs):
+    import comfy.ldm.modules.attention as attention
+
+    return attention.attention_pytorch(*args, **kwargs)
+
+
+def training_transformer_options(lora: ContentStyleLoRA, context: torch.Tensor, content=None, style=None, *,
+                                 pytorch_attention: bool = True) -> dict:
+    """transformer_options for a UNet forward with the K/V patches and streams (fresh dict per forward:
+    the UNet writes into it).
+
+    pytorch_attention: route every attention through attention_pytorch (sage / flash may lack a backward).
+    """
+    options = {"patches_replace": {"attn2": kv_patches(lora)}, STREAMS_KEY: prepare_streams(context, content, style)}
+    if pytorch_attention:
+        options["optimized_attention_override"] = _pytorch_attention
+    return options
+
+
+def sdxl_y(base_model, pooled: torch.Tensor, time_ids=(1024, 1024, 0, 0, 1024, 1024)) -> torch.Tensor:
+    """SDXL's vector conditioning: pooled CLIP-G + embedded (orig h, orig w, crop top, crop left, target h, w)."""
+    h, w, top, left, th, tw = time_ids
+    return base_model.encode_adm(pooled_output=pooled, height=h, width=w, crop_h=top, crop_w=left,
+                                 target_height=th, target_width=tw)
+
+
+def predict_eps(model, lora: ContentStyleLoRA, latent: torch.Tensor, timesteps: torch.Tensor,
+                context: torch.Tensor, y: torch.Tensor, content=None, style=None, *,
+                pytorch_attention: bool = True) -> torch.Tensor:
+    """One training forward of a private UNet with `lora` attached: epsilon for a DDPM-noised latent.
+
+    timesteps: DDPM steps 0..999 (float or int, shape [B]); context: combined prompt [B, L, 2048];
+    y: sdxl_y(...); content / style: the other prompts' tokens (None = the combined prompt).
+    """
+    unet = unet_of(model)
+    if not lora.is_attached_to(unet):
+        raise RuntimeError("predict_eps: attach the LoRA to this UNet first (lora.attach(unet))")
+    dtype = unet.dtype
+    options = training_transformer_options(lora, context.to(dtype), content, style,
+                                           pytorch_attention=pytorch_attention)
+    return unet(latent.to(dtype), timesteps.float(), context=options[STREAMS_KEY]["x"], y=y.to(dtype),
+                transformer_options=options)

@@ -1,0 +1,192 @@
+// The panel shown on every UnZipLoRA Train node: Train / Cancel / Resume, progress, loss, previews, files.
+// Pure DOM; the extension (../unziplora.js) owns the ComfyUI side and calls render().
+
+import {
+  STATE_LABELS,
+  basename,
+  el,
+  formatDuration,
+  formatLoss,
+  formatSpeed,
+  isActive,
+  latestPreviews,
+  outputRows,
+  percent,
+  sparkline,
+} from "./format.js";
+
+export class TrainPanel {
+  /**
+   * @param {object} actions  {train(), cancel(job), resume(job), viewURL(preview) -> string}
+   */
+  constructor(actions) {
+    this.actions = actions;
+    this.job = null;
+    this.note = null; // {text, kind: "info" | "error"} shown under the header (queueing, request errors)
+    this.busy = false;
+
+    this.trainBtn = el("button", {
+      class: "uzl-btn uzl-btn-primary",
+      type: "button",
+      "data-action": "train",
+      title: "Queue this node: it prepares the inputs, starts a background job and frees the queue",
+      onclick: () => this.actions.train(),
+    }, el("i", { class: "pi pi-play" }), "Train");
+    this.cancelBtn = el("button", {
+      class: "uzl-btn uzl-btn-danger",
+      type: "button",
+      "data-action": "cancel",
+      title: "Stop at the next step; a checkpoint is kept so the job can be resumed",
+      onclick: () => this.job && this.actions.cancel(this.job),
+    }, el("i", { class: "pi pi-stop" }), "Cancel");
+    this.resumeBtn = el("button", {
+      class: "uzl-btn",
+      type: "button",
+      "data-action": "resume",
+      title: "Continue from the last checkpoint with the same graph",
+      onclick: () => this.job && this.actions.resume(this.job),
+    }, el("i", { class: "pi pi-replay" }), "Resume");
+
+    this.stateChip = el("span", { class: "uzl-chip", "data-role": "state" });
+    this.jobLabel = el("span", { class: "uzl-job", "data-role": "job" });
+    this.noteBox = el("div", { class: "uzl-note", "data-role": "note" });
+
+    this.fill = el("div", { class: "uzl-fill" });
+    this.stepsText = el("span", { class: "uzl-steps", "data-role": "steps" });
+    this.progressRow = el("div", { class: "uzl-progress" }, el("div", { class: "uzl-bar" }, this.fill), this.stepsText);
+
+    this.lossText = el("span", { class: "uzl-loss", "data-role": "loss" });
+    this.sparkHolder = el("span", { class: "uzl-spark-holder" });
+    this.speedText = el("span", { class: "uzl-speed", "data-role": "speed" });
+    this.etaText = el("span", { class: "uzl-eta", "data-role": "eta" });
+    this.statsRow = el("div", { class: "uzl-stats" }, this.lossText, this.sparkHolder, this.speedText, this.etaText);
+
+    this.previewRow = el("div", { class: "uzl-previews", "data-role": "previews" });
+    this.filesBox = el("div", { class: "uzl-files", "data-role": "files" });
+    this.errorBox = el("div", { class: "uzl-error", "data-role": "error" });
+
+    this.inner = el(
+      "div",
+      { class: "uzl-panel" },
+      el("div", { class: "uzl-head" }, this.trainBtn, this.stateChip, this.jobLabel, el("span", { class: "uzl-grow" }),
+        this.cancelBtn, this.resumeBtn),
+      this.noteBox,
+      this.progressRow,
+      this.statsRow,
+      this.previewRow,
+      this.filesBox,
+      this.errorBox,
+    );
+    // ComfyUI sizes the outer element to the widget's slot; the inner one keeps its natural height (measured).
+    this.element = el("div", { class: "uzl-root" }, this.inner);
+    this._height = 64;
+    this._previewKey = "";
+    this.render();
+  }
+
+  /** Natural height of the content in graph units (the DOM widget asks for at least this much). */
+  get height() {
+    const h = this.inner.offsetHeight;
+    if (h > 0) this._height = h + 6;
+    return this._height;
+  }
+
+  setJob(job) {
+    this.job = job || null;
+    this.render();
+  }
+
+  setNote(text, kind = "info") {
+    this.note = text ? { text, kind } : null;
+    this.render();
+  }
+
+  render() {
+    const job = this.job;
+    const state = job ? job.state : "idle";
+    this.inner.dataset.state = state;
+
+    // header
+    this.stateChip.textContent = job ? STATE_LABELS[job.state] ?? job.state : "not trained";
+    this.stateChip.dataset.state = state;
+    this.jobLabel.textContent = job ? job.name : "";
+    this.jobLabel.title = job
+      ? `job ${job.id}${job.resumed_from ? ` (resumed from ${job.resumed_from})` : ""} · mode ${job.info?.mode ?? "?"}`
+      : "";
+    show(this.cancelBtn, isActive(job));
+    this.cancelBtn.disabled = this.busy || job?.state === "cancelling";
+    show(this.resumeBtn, !!job?.resumable && !isActive(job));
+    this.resumeBtn.disabled = this.busy;
+
+    // note: queueing messages, request errors; a hint when there is no job yet
+    const note = this.note ?? (job ? null : { text: "Train queues this node; the run continues in the background.", kind: "hint" });
+    show(this.noteBox, !!note);
+    if (note) {
+      this.noteBox.textContent = note.text;
+      this.noteBox.dataset.kind = note.kind;
+    }
+
+    // progress
+    show(this.progressRow, !!job);
+    if (job) {
+      const pct = percent(job);
+      this.fill.style.width = `${pct.toFixed(1)}%`;
+      this.stepsText.textContent = `${job.step} / ${job.total || "?"}`;
+      this.stepsText.title = `${pct.toFixed(0)}%`;
+    }
+
+    // loss, sparkline, speed, ETA
+    const losses = job?.losses || [];
+    show(this.statsRow, !!job && (job.loss !== null && job.loss !== undefined));
+    if (job) {
+      this.lossText.replaceChildren(el("span", { class: "uzl-muted" }, "loss "), formatLoss(job.loss));
+      this.sparkHolder.replaceChildren(sparkline(losses));
+      if (losses.length > 1) {
+        this.sparkHolder.title = `last ${losses.length} steps: min ${formatLoss(Math.min(...losses))}, `
+          + `max ${formatLoss(Math.max(...losses))}`;
+      }
+      this.speedText.textContent = formatSpeed(job.it_per_s);
+      const eta = isActive(job) && job.state === "running" ? formatDuration(job.eta_s) : "";
+      this.etaText.textContent = eta ? `ETA ${eta}` : job.started && job.finished
+        ? `took ${formatDuration(job.finished - job.started)}` : "";
+    }
+
+    this._renderPreviews(job);
+
+    // files when done
+    const rows = job?.state === "done" ? outputRows(job) : [];
+    show(this.filesBox, rows.length > 0);
+    this.filesBox.replaceChildren(
+      ...rows.map(([label, path]) =>
+        el("div", { class: "uzl-file", title: path },
+          el("span", { class: "uzl-file-kind" }, label),
+          el("span", { class: "uzl-file-name", "data-role": "file" }, basename(path)))),
+    );
+
+    // error
+    const error = job?.state === "failed" || job?.state === "interrupted" ? job.error : null;
+    show(this.errorBox, !!error);
+    this.errorBox.textContent = error || "";
+  }
+
+  _renderPreviews(job) {
+    const previews = latestPreviews(job?.previews);
+    const key = previews.map((p) => `${p.kind}/${p.subfolder}/${p.filename}`).join("|");
+    show(this.previewRow, previews.length > 0);
+    if (key === this._previewKey) return; // no reload flicker on every progress event
+    this._previewKey = key;
+    this.previewRow.replaceChildren(
+      ...previews.map((p) => {
+        const url = this.actions.viewURL(p);
+        const caption = p.step ? `${p.kind} · ${p.step}` : p.kind;
+        return el("a", { class: "uzl-thumb", href: url, target: "_blank", rel: "noopener", title: `${caption}\n${p.filename}` },
+          el("img", { src: url, alt: p.kind || "preview", loading: "lazy", draggable: "false" }),
+          el("span", { class: "uzl-thumb-label" }, p.kind || "preview"));
+      }),
+    );
+  }
+}
+
+function show(node, visible) {
+  node.hidden = !visible;
+}

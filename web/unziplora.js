@@ -1,0 +1,318 @@
+// UnZipLoRA for ComfyUI: the panel on every "UnZipLoRA Train" node and the jobs sidebar tab.
+//
+// Training runs in a background job on the server. The node links to its job three ways:
+//   - onExecuted(output): the node's ui dict carries output.unziplora_job = [job id];
+//   - "unziplora.progress" websocket events (broadcast to every tab) carry the job, whose info.node_id names
+//     the node that started it;
+//   - GET /unziplora/jobs on load and on reconnect: each node shows the newest job it started, so a page
+//     reload or a second tab shows the same panel.
+
+import { app } from "../../scripts/app.js";
+import { api } from "../../scripts/api.js";
+
+import { jobsSidebarTab } from "./js/sidebar.js";
+import { JobStore } from "./js/store.js";
+import { TrainPanel } from "./js/panel.js";
+import { viewQuery } from "./js/format.js";
+
+const NODE_TYPE = "UnZipLoRATrain";
+const EVENT = "unziplora.progress";
+const POLL_MS = 4000; // while a job is active and the socket is quiet, ask the server (missed events)
+const QUIET_MS = 8000;
+
+const store = new JobStore((path, init) => api.fetchApi(path, init));
+const entries = new Set(); // {node, panel, jobId, pending, pendingFrom}
+
+function loadStyles() {
+  const href = new URL("./unziplora.css", import.meta.url).href;
+  if (document.querySelector(`link[data-unziplora-css]`)) return;
+  const link = document.createElement("link");
+  link.rel = "stylesheet";
+  link.href = href;
+  link.dataset.unziploraCss = "";
+  document.head.append(link);
+}
+
+// ---- graph helpers ----------------------------------------------------------------------------------------
+
+function rootGraph() {
+  return app.rootGraph ?? app.graph;
+}
+
+/** The node's execution id ("3", or "12:3" for a node inside subgraph node 12), or null if not in the graph. */
+function execIdOf(node) {
+  const root = rootGraph();
+  if (!root || !node?.graph) return null;
+  const search = (graph, prefix, depth) => {
+    for (const n of graph.nodes ?? graph._nodes ?? []) {
+      if (n === node) return prefix + String(n.id);
+      if (n.subgraph && depth < 8) {
+        const found = search(n.subgraph, `${prefix}${n.id}:`, depth + 1);
+        if (found) return found;
+      }
+    }
+    return null;
+  };
+  return search(root, "", 0);
+}
+
+function nodeForExecId(execId) {
+  let graph = rootGraph();
+  if (!graph || execId === undefined || execId === null) return null;
+  const parts = String(execId).split(":");
+  let node = null;
+  for (let i = 0; i < parts.length; i++) {
+    node = graph?.getNodeById?.(parts[i]) ?? null;
+    if (!node) return null;
+    if (i < parts.length - 1) graph = node.subgraph;
+  }
+  return node;
+}
+
+function redraw() {
+  app.graph?.setDirtyCanvas?.(true, true);
+}
+
+function toast(severity, summary, detail) {
+  const t = app.extensionManager?.toast;
+  if (t?.add) t.add({ severity, summary, detail, life: 5000 });
+}
+
+// ---- node <-> job ----------------------------------------------------------------------------------------
+
+/** Show the node's job: the one it was told about, unless the server knows a newer one it started. */
+function bind(entry) {
+  const execId = execIdOf(entry.node);
+  let job = entry.jobId ? store.get(entry.jobId) : undefined;
+  if (entry.jobId && !job && store.loaded && !store._refreshing) entry.jobId = null; // gone from the server
+  const latest = execId !== null ? store.latestForNode(execId) : undefined;
+  if (latest && (!job || (latest.created || 0) > (job.created || 0))) job = latest;
+  if (job && job.id !== entry.jobId) entry.jobId = job.id;
+  if (entry.pending && entry.jobId && entry.jobId !== entry.pendingFrom) {
+    entry.pending = false;
+    entry.panel.note = null;
+  }
+  entry.panel.setJob(job);
+}
+
+function bindAll() {
+  for (const entry of entries) {
+    if (entry.node.graph) bind(entry);
+  }
+  redraw();
+}
+
+store.subscribe(bindAll);
+
+async function train(entry) {
+  const execId = execIdOf(entry.node);
+  entry.pending = true;
+  entry.pendingFrom = entry.jobId ?? null;
+  entry.panel.setNote("Queued: ComfyUI runs this node (prompts, image, model copy), then the job starts.");
+  try {
+    // only this node's branch: other outputs in the workflow are not run by Train
+    const ok = await app.queuePrompt(0, 1, execId ? [execId] : undefined);
+    if (ok === false && entry.pending) {
+      const errors = app.lastNodeErrors?.[execId]?.errors ?? [];
+      if (errors.length || app.lastNodeErrors) {
+        entry.pending = false;
+        const detail = errors.map((e) => [e.message, e.details].filter(Boolean).join(": ")).join("; ");
+        entry.panel.setNote(`Not queued${detail ? `: ${detail}` : ": see the errors on the graph"}`, "error");
+      }
+    }
+  } catch (err) {
+    entry.pending = false;
+    entry.panel.setNote(`Not queued: ${err?.message ?? err}`, "error");
+  }
+}
+
+async function cancel(job, entry) {
+  if (entry) entry.panel.busy = true;
+  try {
+    await store.cancel(job.id);
+  } catch (err) {
+    toast("error", "UnZipLoRA: cancel failed", err.message);
+    entry?.panel.setNote(`Cancel failed: ${err.message}`, "error");
+  } finally {
+    if (entry) {
+      entry.panel.busy = false;
+      entry.panel.render();
+    }
+  }
+}
+
+async function resume(job, entry) {
+  if (entry) {
+    entry.panel.busy = true;
+    entry.pending = true;
+    entry.pendingFrom = entry.jobId ?? null;
+    entry.panel.setNote(`Resuming ${job.name} from its last checkpoint…`);
+  }
+  try {
+    await store.resume(job.id, api.clientId ?? api.initialClientId ?? null);
+  } catch (err) {
+    toast("error", "UnZipLoRA: resume failed", err.message);
+    if (entry) {
+      entry.pending = false;
+      entry.panel.setNote(`Resume failed: ${err.message}`, "error");
+    }
+  } finally {
+    if (entry) {
+      entry.panel.busy = false;
+      entry.panel.render();
+    }
+  }
+}
+
+function entryForJob(job) {
+  const node = nodeForExecId(job?.info?.node_id);
+  return node?.__unziplora;
+}
+
+function attachPanel(node) {
+  if (node.__unziplora) return;
+  const entry = { node, panel: null, jobId: null, pending: false, pendingFrom: null };
+  entry.panel = new TrainPanel({
+    train: () => train(entry),
+    cancel: (job) => cancel(job, entry),
+    resume: (job) => resume(job, entry),
+    viewURL: (preview) => api.apiURL(viewQuery(preview)),
+  });
+  const widget = node.addDOMWidget("unziplora_panel", "unziplora-panel", entry.panel.element, {
+    serialize: false,
+    getValue: () => "",
+    setValue: () => {},
+    getMinHeight: () => entry.panel.height,
+  });
+  widget.serialize = false; // not in the saved workflow's widgets_values either
+  entry.widget = widget;
+  node.__unziplora = entry;
+  entries.add(entry);
+
+  if (typeof ResizeObserver !== "undefined") {
+    let frame = 0;
+    const observer = new ResizeObserver(() => {
+      cancelAnimationFrame(frame);
+      frame = requestAnimationFrame(redraw); // the node grows to the panel's new height on the next draw
+    });
+    observer.observe(entry.panel.inner);
+    entry.observer = observer;
+  }
+  bind(entry);
+}
+
+function detachPanel(node) {
+  const entry = node.__unziplora;
+  if (!entry) return;
+  entry.observer?.disconnect();
+  entries.delete(entry);
+}
+
+function chain(proto, name, fn) {
+  const original = proto[name];
+  proto[name] = function (...args) {
+    const result = original?.apply(this, args);
+    fn.apply(this, args);
+    return result;
+  };
+}
+
+// ---- websocket + polling ---------------------------------------------------------------------------------
+
+// Registered at import time: the frontend warns about message types nobody listens to.
+api.addEventListener(EVENT, ({ detail }) => {
+  if (detail?.job) store.upsert(detail.job);
+});
+
+let wasDisconnected = false;
+api.addEventListener("status", ({ detail }) => {
+  if (!detail) {
+    wasDisconnected = true;
+  } else if (wasDisconnected) {
+    wasDisconnected = false;
+    store.refresh();
+  }
+});
+api.addEventListener("reconnected", () => store.refresh());
+
+api.addEventListener("executing", ({ detail }) => {
+  if (detail === null || detail === undefined) return;
+  const node = nodeForExecId(detail);
+  const entry = node?.__unziplora;
+  if (entry?.pending) entry.panel.setNote("Preparing: encoding the prompts and the image, copying the model…");
+});
+
+api.addEventListener("execution_error", ({ detail }) => {
+  const entry = nodeForExecId(detail?.node_id)?.__unziplora;
+  if (entry) {
+    entry.pending = false;
+    entry.panel.setNote(`Not started: ${detail.exception_message ?? detail.exception_type ?? "error"}`, "error");
+  }
+});
+
+api.addEventListener("execution_interrupted", () => {
+  for (const entry of entries) {
+    if (entry.pending) {
+      entry.pending = false;
+      entry.panel.setNote("Interrupted before the job started.", "error");
+    }
+  }
+});
+
+setInterval(() => {
+  if (store.anyActive() && Date.now() - store.lastUpdate > QUIET_MS) store.refresh();
+}, POLL_MS);
+
+// ---- the extension ---------------------------------------------------------------------------------------
+
+loadStyles();
+
+app.registerExtension({
+  name: "UnZipLoRA.TrainPanel",
+
+  async beforeRegisterNodeDef(nodeType, nodeData) {
+    if (nodeData?.name !== NODE_TYPE) return;
+    chain(nodeType.prototype, "onNodeCreated", function () {
+      attachPanel(this);
+    });
+    chain(nodeType.prototype, "onExecuted", function (output) {
+      const entry = this.__unziplora;
+      const jobId = output?.unziplora_job?.[0];
+      if (!entry || !jobId) return;
+      entry.jobId = jobId;
+      if (!store.get(jobId)) store.refresh();
+      else bind(entry);
+    });
+    chain(nodeType.prototype, "onRemoved", function () {
+      detachPanel(this);
+    });
+  },
+
+  loadedGraphNode(node) {
+    // ids are final once a workflow is configured: pick up the node's jobs
+    if (node.__unziplora) bind(node.__unziplora);
+  },
+
+  async setup() {
+    const sidebar = jobsSidebarTab(store, {
+      cancel: (job) => cancel(job, entryForJob(job)),
+      resume: (job) => resume(job, entryForJob(job)),
+      canLocate: (job) => {
+        const node = nodeForExecId(job.info?.node_id);
+        return !!node?.__unziplora && node.graph === app.canvas?.graph;
+      },
+      locate: (job) => {
+        const node = nodeForExecId(job.info?.node_id);
+        if (!node) return false;
+        app.canvas.selectNode?.(node);
+        app.canvas.centerOnNode?.(node);
+        redraw();
+        return true;
+      },
+    });
+    const manager = app.extensionManager;
+    if (manager?.sidebarTab?.registerSidebarTab) manager.sidebarTab.registerSidebarTab(sidebar);
+    else manager?.registerSidebarTab?.(sidebar);
+    await store.refresh();
+  },
+});
