@@ -246,7 +246,8 @@ class ServerHandle:
 
 def start_server(base_dir: Path, *, port: int | None = None, extra_args=(), extra_env: dict | None = None,
                  timeout: float = READY_TIMEOUT, check_pack: bool = True, log_path: Path | None = None,
-                 python: str | None = None, pack_folder: str = PACK_FOLDER, wait: bool = True) -> ServerHandle:
+                 python: str | None = None, pack_folder: str = PACK_FOLDER, wait: bool = True,
+                 cpu: bool = True) -> ServerHandle:
     """Start ComfyUI on ``base_dir`` (see make_base_dir) and wait until /object_info answers.
 
     Raises ServerError with the log's tail when the process dies, does not answer within ``timeout``, or
@@ -266,7 +267,7 @@ def start_server(base_dir: Path, *, port: int | None = None, extra_args=(), extr
     for attempt in range(attempts):
         p = port if port is not None else free_port()
         lp = Path(log_path) if log_path else base_dir / f"comfyui-{p}.log"
-        cmd = [python or sys.executable, str(comfy / "main.py"), "--cpu", "--listen", HOST, "--port", str(p),
+        cmd = [python or sys.executable, str(comfy / "main.py"), *(["--cpu"] if cpu else []), "--listen", HOST, "--port", str(p),
                "--base-directory", str(base_dir), "--database-url", "sqlite:///:memory:", *map(str, extra_args)]
         log_file = open(lp, "ab")
         offset = log_file.tell()
@@ -278,7 +279,8 @@ def start_server(base_dir: Path, *, port: int | None = None, extra_args=(), extr
         handle = ServerHandle(proc, p, base_dir, lp, log_file, pack_folder=pack_folder)
         handle.log_offset = offset
         handle.start_kwargs = dict(extra_args=tuple(extra_args), extra_env=extra_env, timeout=timeout,
-                                   check_pack=check_pack, log_path=log_path, python=python, pack_folder=pack_folder)
+                                   check_pack=check_pack, log_path=log_path, python=python, pack_folder=pack_folder,
+                                   cpu=cpu)
         _live_handles.append(handle)
         if not wait:
             return handle
