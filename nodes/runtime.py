@@ -23,8 +23,11 @@ def register_folders() -> OutputDirs:
     if MODEL_FOLDER not in folder_paths.folder_names_and_paths:
         folder_paths.folder_names_and_paths[MODEL_FOLDER] = ([bundles], {".safetensors"})
     loras = os.path.join(folder_paths.get_folder_paths("loras")[0], MODEL_FOLDER)
-    checkpoints = os.path.join(folder_paths.get_output_directory(), MODEL_FOLDER, "checkpoints")
-    return OutputDirs(loras=loras, bundles=bundles, checkpoints=checkpoints)
+    output = folder_paths.get_output_directory()
+    checkpoints = os.path.join(output, MODEL_FOLDER, "checkpoints")
+    previews = os.path.join(output, MODEL_FOLDER, "previews")
+    return OutputDirs(loras=loras, bundles=bundles, checkpoints=checkpoints, previews=previews,
+                      previews_subfolder=f"{MODEL_FOLDER}/previews")
 
 
 def _emit(event: str, data: dict) -> None:

@@ -87,6 +87,8 @@ class UnZipLoRATrain(io.ComfyNode):
                              tooltip="Save a resumable checkpoint every N steps (0: only when cancelled)."),
                 io.Int.Input("preview_every", default=PAPER.preview_every, min=0, max=100000,
                              tooltip="Render content / style / combined previews every N steps (0: none)."),
+                io.Int.Input("preview_steps", default=PAPER.preview_steps, min=1, max=100,
+                             tooltip="Sampling steps of each preview (few: previews are sketches of progress)."),
                 io.Combo.Input("gradient_checkpointing", options=["auto", "on", "off"], default="auto",
                                tooltip="Trade time for memory. auto: on for GPUs, off on CPU."),
                 io.Combo.Input("precision", options=["auto", "fp32", "bf16", "fp16"], default="auto",
@@ -107,14 +109,20 @@ class UnZipLoRATrain(io.ComfyNode):
         )
 
     @classmethod
+    def fingerprint_inputs(cls, **kwargs):
+        # not_idempotent only keeps identical nodes from sharing a cache entry; without this an unchanged graph
+        # queued again (the panel's Train button) is served from the cache and no job starts. NaN != NaN.
+        return float("nan")
+
+    @classmethod
     def execute(cls, model, clip, vae, image, content_prompt, style_prompt, combined_prompt, name, mode, steps, rank,
                 lr_content, lr_style, lr_merger, column_ratio, selections, orth_lambda, resolution, seed,
-                checkpoint_every, preview_every, gradient_checkpointing, precision, run_mode,
+                checkpoint_every, preview_every, preview_steps, gradient_checkpointing, precision, run_mode,
                 resume_from="") -> io.NodeOutput:
         config = TrainConfig(mode=mode, steps=steps, rank=rank, lr_content=lr_content, lr_style=lr_style,
                              lr_merger=lr_merger, column_ratio=column_ratio, sample_times=selections,
                              orth_lambda=orth_lambda, resolution=resolution, seed=seed,
-                             checkpoint_every=checkpoint_every, preview_every=preview_every,
+                             checkpoint_every=checkpoint_every, preview_every=preview_every, preview_steps=preview_steps,
                              gradient_checkpointing=gradient_checkpointing, precision=precision).validate()
         name = check_name(name)
         svc = service()

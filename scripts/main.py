@@ -32,7 +32,7 @@ def train_graph(ckpt: str, image: str, a) -> dict:
             model=["1", 0], clip=["1", 1], vae=["1", 2], image=["2", 0], content_prompt=a.content_prompt,
             style_prompt=a.style_prompt, combined_prompt="", name=a.name, mode=a.mode, steps=a.steps, rank=a.rank,
             lr_content=5e-5, lr_style=5e-5, lr_merger=5e-3, column_ratio=0.1, selections=3, orth_lambda=0.5,
-            resolution=a.resolution, seed=a.seed, checkpoint_every=max(1, a.steps // 3), preview_every=0,
+            resolution=a.resolution, seed=a.seed, checkpoint_every=max(1, a.steps // 3), preview_every=0, preview_steps=8,
             gradient_checkpointing="auto", precision="auto", run_mode="background", resume_from="")},
     }
 

@@ -31,7 +31,7 @@ def train_graph(ckpt: str, image: str = "cat.png", **overrides) -> dict:
     inputs = dict(model=["1", 0], clip=["1", 1], vae=["1", 2], image=["2", 0], content_prompt="A sks cat",
                   style_prompt="A cat in sketch style", combined_prompt="", name="cat", mode="unziplora", steps=12,
                   rank=4, lr_content=5e-5, lr_style=5e-5, lr_merger=5e-3, column_ratio=0.1, selections=2,
-                  orth_lambda=0.5, resolution=128, seed=0, checkpoint_every=4, preview_every=0,
+                  orth_lambda=0.5, resolution=128, seed=0, checkpoint_every=4, preview_every=0, preview_steps=2,
                   gradient_checkpointing="off", precision="auto", run_mode="background", resume_from="")
     inputs.update(overrides)
     return {
@@ -94,18 +94,24 @@ def finished_run(server, ckpt):
     client = server.client()
     with client.follow() as events:
         t0 = time.time()
-        pid = client.queue(train_graph(ckpt))
-        seen = events.until_done(pid, timeout=120)
+        pid = client.queue(train_graph(ckpt, preview_every=12))
+        events.until_done(pid, timeout=120)
         prompt_s = time.time() - t0
         job_id = job_id_of(client.history(pid))
         state_at_return = client.get_json(f"/unziplora/jobs/{job_id}")["state"]
         stock = client.queue(sample_graph(ckpt))
-        stock_events = events.until_done(stock, timeout=180)
+        events.until_done(stock, timeout=180)
+
+        def job_final(e):
+            d = e.get("data") or {}
+            return (e.get("type") == "unziplora.progress" and d.get("kind") == "state"
+                    and d["job"]["id"] == job_id and d["job"]["state"] in ("done", "failed", "cancelled"))
+
+        if not any(job_final(e) for e in events.events):
+            events.until(job_final, timeout=240)
         job = wait_job(client, job_id)
-        progress = events.until(lambda e: False, timeout=0.5) if job["state"] != "done" else []
-    all_events = seen + stock_events + progress
     return dict(client=client, job=job, prompt_s=prompt_s, state_at_return=state_at_return,
-                events=all_events, stock=stock)
+                events=list(events.events), stock=stock)
 
 
 def test_train_prompt_returns_while_job_runs_and_queue_stays_free(finished_run):
@@ -125,6 +131,21 @@ def test_progress_events_arrive_over_websocket(finished_run):
     assert steps == sorted(steps) and steps[-1] >= 1
     states = [e["data"]["job"]["state"] for e in ev if e["data"]["kind"] == "state"]
     assert "running" in states
+
+
+def test_previews_are_announced_and_served(finished_run):
+    job = finished_run["job"]
+    assert [p["kind"] for p in job["previews"]] == ["content", "style", "combined"]
+    announced = [e for e in finished_run["events"]
+                 if e.get("type") == "unziplora.progress" and e["data"]["kind"] == "preview"]
+    assert announced, "no preview event arrived"
+    from io import BytesIO
+
+    from PIL import Image
+
+    for p in job["previews"]:
+        png = finished_run["client"].view(p["filename"], p["subfolder"], p["type"])
+        assert Image.open(BytesIO(png)).size == (128, 128)
 
 
 def test_files_load_in_stock_loraloader_with_masks_baked(finished_run, server, ckpt):

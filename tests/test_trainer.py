@@ -109,3 +109,33 @@ def test_queue_interrupt_neither_stops_training_nor_is_swallowed(make_inputs):
         assert mm.processing_interrupted(), "the trainer consumed the queue's interrupt flag"
     finally:
         mm.interrupt_current_processing(False)
+
+
+def test_previews_render_each_kind_and_leave_training_unchanged(make_inputs, tmp_path):
+    from unziplora_pack.training.previews import PreviewInputs, PreviewRenderer
+
+    plain = Trainer(make_inputs(), CFG).run()
+    cfg = TrainConfig(**{**CFG.__dict__, "preview_every": 3, "preview_steps": 2})
+    inputs = make_inputs()
+    neg, pooled = random_conditioning(9)
+    decoded = []
+
+    def decode(latent):  # stands in for the VAE: records what it got, returns a gray image of the right size
+        decoded.append(latent.clone())
+        return torch.full((1, latent.shape[-2] * 8, latent.shape[-1] * 8, 3), 0.5)
+
+    inputs.preview = PreviewInputs(negative=neg, negative_adm=inputs.adm.clone(), decode=decode)
+    trainer = Trainer(inputs, cfg)
+    renderer = PreviewRenderer(inputs.preview, inputs, cfg, trainer.alphas_cumprod, trainer.device, trainer.dtype,
+                               str(tmp_path), "unziplora/previews/job")
+    got = []
+    result = trainer.run(previews=renderer, on_preview=got.extend)
+    assert [(e["step"], e["kind"]) for e in got] == [(s, k) for s in (3, 6) for k in ("content", "style", "combined")]
+    assert all((tmp_path / e["filename"]).is_file() and e["subfolder"] == "unziplora/previews/job" for e in got)
+    assert all(torch.isfinite(d).all() and d.shape == (1, 4, 8, 8) for d in decoded)
+    # content-only, style-only and combined differ (each LoRA alone vs both); same noise for all of them
+    assert not torch.allclose(decoded[0], decoded[1]) and not torch.allclose(decoded[1], decoded[2])
+    a, b = _lora_state(plain), _lora_state(result)
+    assert all(torch.equal(a[k], b[k]) for k in a), "previews changed the training result"
+    assert all(d.content is not None and d.style is not None for _, blk, d in result.lora.items()
+               if blk == "input_blocks.4.1"), "a side was not restored after its preview"

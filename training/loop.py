@@ -46,6 +46,7 @@ class TrainInputs:
     adm: torch.Tensor  # the UNet's y vector: pooled of the combined prompt + time ids
     base_fingerprint: str = ""
     info: dict = field(default_factory=dict)
+    preview: object | None = None  # previews.PreviewInputs when previews were asked for
 
 
 @dataclass
@@ -140,7 +141,9 @@ class Trainer:
 
     def run(self, progress: Callable[[int, int, float], None] | None = None,
             should_stop: Callable[[], bool] | None = None, resume_from: str | None = None,
-            on_checkpoint: Callable[[str], None] | None = None) -> RunResult:
+            on_checkpoint: Callable[[str], None] | None = None, previews=None,
+            on_preview: Callable[[list], None] | None = None) -> RunResult:
+        """previews: a previews.PreviewRenderer, called every config.preview_every steps."""
         cfg = self.config
         unet, lora, optimizer, schedule, scaler, gen, streams = self._setup()
         start = 0
@@ -177,6 +180,10 @@ class Trainer:
             losses.append(loss.item())
             if progress:
                 progress(g, cfg.steps, losses[-1])
+            if previews is not None and cfg.preview_every and (g % cfg.preview_every == 0 or g == cfg.steps):
+                entries = previews.render(unet, lora, g, self.mode.prompt_separation)
+                if on_preview:
+                    on_preview(entries)
             if cfg.checkpoint_every and g % cfg.checkpoint_every == 0 and g < cfg.steps:
                 path = self.save_checkpoint(g, lora, optimizer, schedule, scaler, gen)
                 if on_checkpoint:

@@ -12,6 +12,7 @@ from .config import TrainConfig
 from .data import LatentPosteriors, PromptStreams, encode_posteriors, encode_prompts
 from .loop import TrainInputs
 from .model_copy import private_unet_copy
+from .previews import PreviewInputs, private_decoder
 
 
 def check_sdxl(model_patcher) -> None:
@@ -54,6 +55,13 @@ def prepare_inputs(model_patcher, clip, vae, image: torch.Tensor, prompt: str, c
     streams = PromptStreams(*(_plain(t) for t in (streams.x, streams.x_c, streams.x_s, streams.pooled)))
     posteriors = LatentPosteriors(_plain(posteriors.mean), _plain(posteriors.std))
     unet, fp = private_unet_copy(model_patcher)
+    preview = None
+    if config.preview_every:
+        neg, neg_pooled = clip.encode_from_tokens(clip.tokenize(""), return_pooled=True)
+        neg_adm = time_ids_adm(model_patcher.model, _plain(neg_pooled.float()), config.resolution)
+        preview = PreviewInputs(negative=_plain(neg.float()), negative_adm=_plain(neg_adm),
+                                decode=private_decoder(vae, model_patcher.model.latent_format))
     info = {"prompt": prompt, "content_prompt": content_prompt, "style_prompt": style_prompt,
             "images": int(posteriors.mean.shape[0])}
-    return TrainInputs(unet=unet, streams=streams, posteriors=posteriors, adm=adm, base_fingerprint=fp, info=info)
+    return TrainInputs(unet=unet, streams=streams, posteriors=posteriors, adm=adm, base_fingerprint=fp, info=info,
+                       preview=preview)

@@ -18,6 +18,7 @@ from .config import TrainConfig
 from .export import export_run, output_names
 from .jobs import JobContext, JobManager, JobRecord
 from .loop import Trainer, TrainInputs
+from .previews import PreviewRenderer
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,8 @@ class OutputDirs:
     loras: str  # e.g. models/loras/unziplora
     bundles: str  # e.g. models/unziplora
     checkpoints: str  # e.g. output/unziplora/checkpoints
+    previews: str = ""  # e.g. output/unziplora/previews
+    previews_subfolder: str = "unziplora/previews"  # the same, relative to ComfyUI's output folder (for /view)
 
 
 def default_device() -> torch.device:
@@ -72,9 +75,15 @@ class TrainingService:
             trainer = Trainer(inputs, config, device=device, checkpoint_dir=checkpoint_dir)
             if resume_from:
                 ctx.job.checkpoint = resume_from
+            renderer = None
+            if inputs.preview is not None and config.preview_every and self.dirs.previews:
+                renderer = PreviewRenderer(inputs.preview, inputs, config, trainer.alphas_cumprod, trainer.device,
+                                           trainer.dtype, os.path.join(self.dirs.previews, ctx.job.id),
+                                           f"{self.dirs.previews_subfolder}/{ctx.job.id}")
             try:
                 result = trainer.run(progress=ctx.progress, should_stop=lambda: ctx.stop_requested,
-                                     resume_from=resume_from, on_checkpoint=ctx.set_checkpoint)
+                                     resume_from=resume_from, on_checkpoint=ctx.set_checkpoint,
+                                     previews=renderer, on_preview=lambda entries: [ctx.add_preview(e) for e in entries])
             finally:
                 inputs.unet.to("cpu")
                 if device.type == "cuda":
