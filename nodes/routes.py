@@ -46,6 +46,11 @@ def resume_prompt_for(job) -> dict:
     node_id = str(job.info.get("node_id"))
     if node_id not in prompt:
         raise ValueError(f"job {job.id} cannot be resumed: its train node {node_id} is not in the recorded graph")
+    for node in prompt.values():
+        # ComfyUI writes its cache fingerprint into the prompt it executes; a stale one would let the re-queued
+        # graph be served from the cache (a second resume of the same job would start nothing)
+        if isinstance(node, dict):
+            node.pop("is_changed", None)
     prompt[node_id]["inputs"]["resume_from"] = job.id
     return prompt
 
@@ -65,7 +70,10 @@ async def resume_job(request: web.Request) -> web.Response:
     host = host.split(",")[0]
     url = f"http://{'[' + host + ']' if ':' in host else host}:{server.port}/prompt"
     async with ClientSession() as session:
-        async with session.post(url, json={"prompt": prompt, "client_id": body.get("client_id")}) as resp:
+        # only the train node's branch: other outputs of the recorded workflow are not run again
+        payload = {"prompt": prompt, "client_id": body.get("client_id"),
+                   "partial_execution_targets": [str(job.info.get("node_id"))]}
+        async with session.post(url, json=payload) as resp:
             data = await resp.json()
             return web.json_response(data, status=resp.status)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import time
+import uuid
 
 from comfy_api.latest import io
 
@@ -111,8 +112,9 @@ class UnZipLoRATrain(io.ComfyNode):
     @classmethod
     def fingerprint_inputs(cls, **kwargs):
         # not_idempotent only keeps identical nodes from sharing a cache entry; without this an unchanged graph
-        # queued again (the panel's Train button) is served from the cache and no job starts. NaN != NaN.
-        return float("nan")
+        # queued again (the panel's Train button) is served from the cache and no job starts. A fresh value
+        # every time, not NaN: ComfyUI stores it in the queue/history JSON, where NaN breaks the frontend's parser.
+        return uuid.uuid4().hex
 
     @classmethod
     def execute(cls, model, clip, vae, image, content_prompt, style_prompt, combined_prompt, name, mode, steps, rank,
@@ -133,13 +135,42 @@ class UnZipLoRATrain(io.ComfyNode):
                 raise ValueError(f"resume_from = {resume_from!r}: no job with that id has a checkpoint")
         prompt = combined_prompt.strip() or build_combined_prompt(content_prompt, style_prompt)
         inputs = prepare_inputs(model, clip, vae, image, prompt, content_prompt, style_prompt, config)
+        make_room_for_training(inputs.unet)
         job = svc.start(inputs, config, name, resume_prompt=cls.hidden.prompt, node_id=cls.hidden.unique_id,
-                        resume_job=resume_job)
+                        resume_job=resume_job, base_name=base_model_name(cls.hidden.prompt, cls.hidden.unique_id))
         if run_mode == "blocking":
             job = _wait_in_queue(svc, job)
         planned = job.info["planned_outputs"]
         ui = {"unziplora_job": [job.id], "text": [f"job {job.id}: {job.state}"]}
         return io.NodeOutput(job.id, planned["content"], planned["style"], planned["bundle"], ui=ui)
+
+
+def base_model_name(prompt: dict | None, node_id: str | None) -> str:
+    """The checkpoint file the MODEL input comes from, following the graph upstream (for the files' metadata)."""
+    seen = set()
+    current = node_id
+    while prompt and current in prompt and current not in seen:
+        seen.add(current)
+        inputs = prompt[current].get("inputs", {})
+        for key in ("ckpt_name", "unet_name", "model_name"):
+            if isinstance(inputs.get(key), str):
+                return inputs[key]
+        link = inputs.get("model")
+        current = str(link[0]) if isinstance(link, list) and link else None
+    return ""
+
+
+def make_room_for_training(unet) -> None:
+    """Ask ComfyUI to unload what it can before the job puts its own UNet copy on the device. This runs in the
+    queue thread, the only place model management may be touched; the job's memory is invisible to it later."""
+    import comfy.model_management as mm
+
+    device = mm.get_torch_device()
+    if device.type == "cpu":
+        return
+    need = sum(p.numel() * 2 for p in unet.parameters()) * 3  # bf16 weights + activations/optimiser headroom
+    mm.free_memory(need, device)
+    mm.soft_empty_cache()
 
 
 def _wait_in_queue(svc, job):

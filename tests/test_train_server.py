@@ -216,6 +216,19 @@ def test_cancel_then_resume_matches_uninterrupted(finished_run, server, ckpt):
         torch.testing.assert_close(result[k].float(), reference[k].float(), rtol=2e-3, atol=1e-4, msg=k)
 
 
+def test_blocking_mode_trains_inside_the_prompt(server, ckpt):
+    client = server.client()
+    with client.follow() as events:
+        pid = client.queue(train_graph(ckpt, name="blocking", steps=4, run_mode="blocking"))
+        seen = events.until_done(pid, timeout=240)
+    job = client.get_json(f"/unziplora/jobs/{job_id_of(client.history(pid))}")
+    assert job["state"] == "done" and Path(job["outputs"]["content"]).is_file(), job
+    # ComfyUI's own progress bar moved for the train node while the prompt ran
+    bars = [e["data"] for e in seen if e.get("type") == "progress" and e["data"].get("node") == "3"]
+    assert bars and bars[-1]["max"] == 4
+    assert job["info"]["base_model"] == ckpt
+
+
 def test_second_cancel_and_unknown_ids(finished_run):
     client = finished_run["client"]
     job_id = finished_run["job"]["id"]

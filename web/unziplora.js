@@ -19,6 +19,7 @@ const NODE_TYPE = "UnZipLoRATrain";
 const EVENT = "unziplora.progress";
 const POLL_MS = 4000; // while a job is active and the socket is quiet, ask the server (missed events)
 const QUIET_MS = 8000;
+const PANEL_MARGIN = 8; // graph units around the panel inside the node
 
 const store = new JobStore((path, init) => api.fetchApi(path, init));
 const entries = new Set(); // {node, panel, jobId, pending, pendingFrom}
@@ -70,7 +71,8 @@ function nodeForExecId(execId) {
 }
 
 function redraw() {
-  app.graph?.setDirtyCanvas?.(true, true);
+  if (app.canvas?.setDirty) app.canvas.setDirty(true, true);
+  else app.graph?.setDirtyCanvas?.(true, true);
 }
 
 function toast(severity, summary, detail) {
@@ -84,7 +86,7 @@ function toast(severity, summary, detail) {
 function bind(entry) {
   const execId = execIdOf(entry.node);
   let job = entry.jobId ? store.get(entry.jobId) : undefined;
-  if (entry.jobId && !job && store.loaded && !store._refreshing) entry.jobId = null; // gone from the server
+  if (entry.jobId && !job && store.loaded && !store.refreshing) entry.jobId = null; // gone from the server
   const latest = execId !== null ? store.latestForNode(execId) : undefined;
   if (latest && (!job || (latest.created || 0) > (job.created || 0))) job = latest;
   if (job && job.id !== entry.jobId) entry.jobId = job.id;
@@ -111,14 +113,14 @@ async function train(entry) {
   entry.panel.setNote("Queued: ComfyUI runs this node (prompts, image, model copy), then the job starts.");
   try {
     // only this node's branch: other outputs in the workflow are not run by Train
-    const ok = await app.queuePrompt(0, 1, execId ? [execId] : undefined);
-    if (ok === false && entry.pending) {
-      const errors = app.lastNodeErrors?.[execId]?.errors ?? [];
-      if (errors.length || app.lastNodeErrors) {
-        entry.pending = false;
-        const detail = errors.map((e) => [e.message, e.details].filter(Boolean).join(": ")).join("; ");
-        entry.panel.setNote(`Not queued${detail ? `: ${detail}` : ": see the errors on the graph"}`, "error");
-      }
+    await app.queuePrompt(0, 1, execId ? [execId] : undefined);
+    // queuePrompt's boolean is unreliable (1.32.9 answers false for an empty node_errors {}): read the errors
+    const nodeErrors = app.lastNodeErrors ?? {};
+    if (entry.pending && Object.keys(nodeErrors).length) {
+      entry.pending = false;
+      const errors = nodeErrors[execId]?.errors ?? [];
+      const detail = errors.map((e) => [e.message, e.details].filter(Boolean).join(": ")).join("; ");
+      entry.panel.setNote(`Not queued${detail ? `: ${detail}` : ": see the errors marked on the graph"}`, "error");
     }
   } catch (err) {
     entry.pending = false;
@@ -182,7 +184,8 @@ function attachPanel(node) {
     serialize: false,
     getValue: () => "",
     setValue: () => {},
-    getMinHeight: () => entry.panel.height,
+    margin: PANEL_MARGIN,
+    getMinHeight: () => entry.panel.height(PANEL_MARGIN),
   });
   widget.serialize = false; // not in the saved workflow's widgets_values either
   entry.widget = widget;
@@ -250,6 +253,16 @@ api.addEventListener("execution_error", ({ detail }) => {
   }
 });
 
+api.addEventListener("execution_cached", ({ detail }) => {
+  for (const id of detail?.nodes ?? []) {
+    const entry = nodeForExecId(id)?.__unziplora;
+    if (entry?.pending) {
+      entry.pending = false;
+      entry.panel.setNote("ComfyUI reused its cached result for this node: no new job was started.", "error");
+    }
+  }
+});
+
 api.addEventListener("execution_interrupted", () => {
   for (const entry of entries) {
     if (entry.pending) {
@@ -282,6 +295,10 @@ app.registerExtension({
       entry.jobId = jobId;
       if (!store.get(jobId)) store.refresh();
       else bind(entry);
+    });
+    chain(nodeType.prototype, "onAdded", function () {
+      // added to a graph (its id is final): show the newest job the server knows for it
+      if (this.__unziplora) bind(this.__unziplora);
     });
     chain(nodeType.prototype, "onRemoved", function () {
       detachPanel(this);

@@ -84,11 +84,12 @@ export class TrainPanel {
     this.render();
   }
 
-  /** Natural height of the content in graph units (the DOM widget asks for at least this much). */
-  get height() {
+  /** Natural height of the content in graph units (the DOM widget asks for at least this much; ComfyUI
+   * makes the element its slot's height minus the widget margin above and below). */
+  height(margin = 0) {
     const h = this.inner.offsetHeight;
-    if (h > 0) this._height = h + 6;
-    return this._height;
+    if (h > 0) this._height = h;
+    return this._height + 2 * margin + 2;
   }
 
   setJob(job) {
@@ -105,6 +106,7 @@ export class TrainPanel {
     const job = this.job;
     const state = job ? job.state : "idle";
     this.inner.dataset.state = state;
+    this.inner.dataset.jobId = job ? job.id : "";
 
     // header
     this.stateChip.textContent = job ? STATE_LABELS[job.state] ?? job.state : "not trained";
@@ -121,10 +123,8 @@ export class TrainPanel {
     // note: queueing messages, request errors; a hint when there is no job yet
     const note = this.note ?? (job ? null : { text: "Train queues this node; the run continues in the background.", kind: "hint" });
     show(this.noteBox, !!note);
-    if (note) {
-      this.noteBox.textContent = note.text;
-      this.noteBox.dataset.kind = note.kind;
-    }
+    this.noteBox.textContent = note ? note.text : "";
+    this.noteBox.dataset.kind = note ? note.kind : "";
 
     // progress
     show(this.progressRow, !!job);

@@ -28,7 +28,8 @@ export function jobsSidebarTab(store, actions) {
       list.append(el("div", { class: "uzl-empty" },
         store.loaded ? "No training jobs yet. Add an UnZipLoRA Train node and press Train." : "Loading…"));
     }
-    for (const job of jobs) list.append(jobCard(job, actions));
+    const resumed = new Set(jobs.map((j) => j.resumed_from).filter(Boolean));
+    for (const job of jobs) list.append(jobCard(job, actions, resumed.has(job.id)));
     container.replaceChildren(
       el("div", { class: "uzl-side" },
         el("div", { class: "uzl-side-head" },
@@ -63,13 +64,16 @@ export function jobsSidebarTab(store, actions) {
   };
 }
 
-function jobCard(job, actions) {
+function jobCard(job, actions, wasResumed) {
   const pct = percent(job);
+  const title = `job ${job.id}${job.resumed_from ? `, resumed from job ${job.resumed_from}` : ""}`;
   const head = el("div", { class: "uzl-card-head" },
-    el("span", { class: "uzl-card-name", title: `job ${job.id}` }, job.name),
+    el("span", { class: "uzl-card-name", title }, job.name),
     el("span", { class: "uzl-chip", "data-state": job.state }, STATE_LABELS[job.state] ?? job.state));
 
   const meta = [`${job.step} / ${job.total}`];
+  if (job.resumed_from) meta.push("resumed");
+  if (wasResumed) meta.push("continued by a newer job");
   if (job.loss !== null && job.loss !== undefined) meta.push(`loss ${formatLoss(job.loss)}`);
   if (job.state === "running" && job.eta_s) meta.push(`ETA ${formatDuration(job.eta_s)}`);
   meta.push(formatClock(job.created));
@@ -81,7 +85,7 @@ function jobCard(job, actions) {
       class: "uzl-btn uzl-btn-small uzl-btn-danger", type: "button", "data-action": "cancel",
       disabled: job.state === "cancelling", onclick: () => actions.cancel(job),
     }, "Cancel"));
-  } else if (job.resumable) {
+  } else if (job.resumable && !wasResumed) {
     buttons.push(el("button", {
       class: "uzl-btn uzl-btn-small", type: "button", "data-action": "resume", onclick: () => actions.resume(job),
     }, "Resume"));

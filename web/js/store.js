@@ -29,6 +29,11 @@ export class JobStore {
     }
   }
 
+  /** True while GET /unziplora/jobs is in flight. */
+  get refreshing() {
+    return this._refreshing !== null;
+  }
+
   get(id) {
     return id ? this.jobs.get(id) : undefined;
   }
@@ -67,6 +72,7 @@ export class JobStore {
   refresh() {
     if (this._refreshing) return this._refreshing;
     this._refreshing = (async () => {
+      let ok = false;
       try {
         const res = await this.fetchApi("/unziplora/jobs", { cache: "no-store" });
         if (!res.ok) throw new Error(`GET /unziplora/jobs answered ${res.status}`);
@@ -79,13 +85,14 @@ export class JobStore {
         this.jobs = fresh;
         this.loaded = true;
         this.lastUpdate = Date.now();
-        this._notify(null);
+        ok = true;
       } catch (err) {
         // the server may be restarting: keep what we have, the next reconnect refreshes again
         console.warn("[UnZipLoRA] could not fetch the job list:", err?.message ?? err);
       } finally {
         this._refreshing = null;
       }
+      if (ok) this._notify(null);
     })();
     return this._refreshing;
   }
