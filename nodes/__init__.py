@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
+from .apply import UnZipLoRAApply
+from .loaders import UnZipLoRALoader, UnZipLoRALoadBLoRA, UnZipLoRALoadFiles
+from .prompts import UnZipLoRAPrompts
 from .routes import register_routes
 from .runtime import register_folders
 from .train import UnZipLoRATrain
@@ -11,7 +14,8 @@ from .train import UnZipLoRATrain
 
 class UnZipLoRAExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [UnZipLoRATrain]
+        return [UnZipLoRATrain, UnZipLoRALoader, UnZipLoRALoadFiles, UnZipLoRALoadBLoRA, UnZipLoRAApply,
+                UnZipLoRAPrompts]
 
 
 def make_extension() -> UnZipLoRAExtension:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import io
+import json
 import uuid
 
 import pytest
@@ -111,3 +112,23 @@ def test_malformed_prompt_rejected(comfy_client, tiny_checkpoint, case):
         assert "#4" in body["error"]["details"]
     # nothing was queued
     assert comfy_client.queue_state()["queue_pending"] == []
+
+
+def test_example_workflows_are_listed_and_use_registered_nodes(comfy_server, comfy_client):
+    """Browse Templates lists the pack's workflows; each is UI format, uses only known nodes, links hold."""
+    from comfy_server import REPO
+
+    listed = comfy_client.get_json("/api/workflow_templates")
+    shipped = sorted(p.stem for p in (REPO / "example_workflows").glob("*.json"))
+    assert len(shipped) >= 3 and sorted(listed.get(PACK_FOLDER, [])) == shipped
+    known = set(comfy_client.object_info())
+    for name in shipped:
+        wf = json.loads((REPO / "example_workflows" / f"{name}.json").read_text())
+        assert (REPO / "example_workflows" / f"{name}.jpg").is_file(), f"{name} has no thumbnail"
+        ids = {n["id"] for n in wf["nodes"]}
+        unknown = {n["type"] for n in wf["nodes"]} - known
+        assert not unknown, f"{name} uses unknown node types {unknown}"
+        for link in wf["links"]:
+            assert link[1] in ids and link[3] in ids, f"{name}: link {link} points to a missing node"
+        served = comfy_client.request("GET", f"/api/workflow_templates/{PACK_FOLDER}/{name}.json")
+        assert served[0] == 200 and json.loads(served[1])["nodes"], f"{name} is not served"

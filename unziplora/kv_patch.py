@@ -6,7 +6,9 @@ x is the combined prompt (ComfyUI's c_crossattn), x_c / x_s the content / style 
 x_s ride on each CONDITIONING entry as model_conds (ComfyUI repeats them to the batch and concatenates
 them across cond/uncond exactly as it does c_crossattn, so they stay batch-aligned in any order or split);
 an APPLY_MODEL wrapper moves them into a copy of transformer_options, where the attn2 replace patch of each
-transformer block reads them. Training builds the same transformer_options by hand and calls the UNet.
+transformer block reads them. The K/V deltas depend on the prompts alone, so at inference they are computed
+once per conditioning batch and reused at every step (StreamsWrapper). Training builds the same
+transformer_options by hand, without that cache, and calls the UNet.
 Only the attn2 K/V deltas live here; every other LoRA linear sees the image tokens only, so its delta is a
 static weight patch (inference) or a forward hook (training, content_style.attach).
 """
@@ -22,7 +24,9 @@ from .targets import unet_of
 STREAMS_KEY = "unziplora_streams"  # transformer_options entry read by the patches
 CONTENT_COND = "unziplora_content"  # model_conds keys: they become BaseModel.apply_model kwargs
 STYLE_COND = "unziplora_style"
+KEY_COND = "unziplora_key"  # the combined tokens the streams were made for: aligns them after Concat & co.
 WRAPPER_KEY = "unziplora"
+CACHE_ENTRIES = 4  # distinct conditioning batches kept per sampling run (cond+uncond, or each apart when split)
 
 
 # -- streams -----------------------------------------------------------------------------------------
@@ -65,6 +69,36 @@ def prepare_streams(x: torch.Tensor, content: torch.Tensor | None = None, style:
     return out
 
 
+def _tile(t: torch.Tensor, length: int) -> torch.Tensor:
+    if t.shape[1] == length:
+        return t
+    reps = -(-length // t.shape[1])
+    return t.repeat(1, reps, 1)[:, :length]
+
+
+def align_streams(context: torch.Tensor, key: torch.Tensor | None, content: torch.Tensor | None,
+                  style: torch.Tensor | None) -> tuple:
+    """(content, style) token-aligned with the batched context, using `key` (the tokens each stream was made for).
+
+    ComfyUI batches every CONDCrossAttn on its own, repeating shorter ones to a common length, and nodes such as
+    ConditioningConcat or ConditioningAverage change c_crossattn after the streams were attached. Repeating the
+    key exactly as the streams were repeated and comparing it with the context token by token finds, for every
+    context token, whether the streams belong to it; a token they do not belong to (appended or averaged after
+    UnZipLoRA Prompts) gets no separation: its content / style streams are the token itself.
+    """
+    if key is None or (content is None and style is None):
+        return content, style
+    length = context.shape[1]
+    key = _tile(key.to(context.dtype), length)
+    if key.shape == context.shape and torch.equal(key, context):
+        return (None if content is None else _tile(content, length)), (None if style is None else _tile(style, length))
+    same = (key == context).all(dim=-1, keepdim=True)
+    out = []
+    for s in (content, style):
+        out.append(None if s is None else torch.where(same, _tile(s, length).to(context.dtype), context))
+    return tuple(out)
+
+
 # -- the patch ---------------------------------------------------------------------------------------
 class KVPatch:
     """attn2 replace patch of one transformer block: add the dual LoRA deltas to k and v, then attend.
@@ -91,9 +125,18 @@ class KVPatch:
     def _delta(self, dual: DualLoRA | None, streams: dict, like: torch.Tensor):
         if dual is None:
             return None
+        cache = streams.get("cache")
+        state = None if cache is None else _state_key(dual, like)
+        if state is not None:
+            hit = cache.get(id(dual))
+            if hit is not None and hit[0] is dual and hit[1] == state:
+                return hit[2]
         cast = [None if s is None else s.to(device=like.device, dtype=like.dtype)
                 for s in (streams["x"], streams["content"], streams["style"])]
-        return dual.delta(*cast)
+        delta = dual.delta(*cast)
+        if state is not None:
+            cache[id(dual)] = (dual, state, delta)
+        return delta
 
     def __call__(self, q, k, v, extra_options):
         streams = extra_options.get(STREAMS_KEY)
@@ -139,23 +182,81 @@ def _model_dtype(base_model):
     return dtype if dtype is not None else base_model.get_dtype()
 
 
-def streams_wrapper(executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options=None,
-                    **kwargs):
+def _state_key(dual, like: torch.Tensor):
+    """What a cached K/V delta depends on besides the streams; None: do not cache.
+
+    The K/V deltas depend only on the prompt tokens, never on the image, so within a sampling run they are the
+    same at every step. A trainable DualLoRA may change between runs (previews of a live LoRA): its tensors'
+    version counters are part of the key. Other duals (unziplora.apply's) are immutable once built.
+    """
+    base = (like.dtype, like.device)
+    if not isinstance(dual, torch.nn.Module):
+        return base
+    try:
+        return base + (dual.masks_on,) + tuple(t._version for t in (*dual.parameters(), *dual.buffers()))
+    except RuntimeError:  # inference tensors keep no version counter: never cache them
+        return None
+
+
+def _same(a, b) -> bool:
+    if a is None or b is None:
+        return a is b
+    return a.shape == b.shape and a.dtype == b.dtype and a.device == b.device and torch.equal(a, b)
+
+
+class StreamsWrapper:
     """APPLY_MODEL wrapper: model_conds streams -> a shallow copy of transformer_options.
 
-    The copy keeps the streams of this call out of the dict ComfyUI reuses for the next batch.
+    The copy keeps the streams of this call out of the dict ComfyUI reuses for the next batch. Streams equal to
+    those of an earlier call reuse that call's dict, and with it the K/V deltas the patches cached in it: the
+    prompts are constant over a sampling run, so the deltas are computed once per conditioning batch rather than
+    at every step. An OUTER_SAMPLE wrapper drops the cache when sampling ends. Shared, not copied, by clone().
     """
-    content = kwargs.pop(CONTENT_COND, None)
-    style = kwargs.pop(STYLE_COND, None)
-    options = dict(transformer_options or {})
-    if c_crossattn is not None:
-        options[STREAMS_KEY] = prepare_streams(c_crossattn, content, style, device=x.device,
-                                               dtype=_model_dtype(executor.class_obj))
-    return executor(x, t, c_concat, c_crossattn, control, options, **kwargs)
+
+    def __init__(self):
+        self.entries: list[tuple[tuple, dict]] = []
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def clear(self) -> None:
+        self.entries = []
+
+    def streams(self, context, key, content, style, device, dtype) -> dict:
+        inputs = (context, key, content, style)
+        for i, (seen, streams) in enumerate(self.entries):
+            if (streams["x"].device, streams["x"].dtype) == (device, dtype) and all(map(_same, inputs, seen)):
+                self.entries.insert(0, self.entries.pop(i))
+                return streams
+        content, style = align_streams(context, key, content, style)
+        streams = prepare_streams(context, content, style, device=device, dtype=dtype)
+        streams["cache"] = {}
+        self.entries = [(inputs, streams)] + self.entries[:CACHE_ENTRIES - 1]
+        return streams
+
+    def __call__(self, executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options=None,
+                 **kwargs):
+        content = kwargs.pop(CONTENT_COND, None)
+        style = kwargs.pop(STYLE_COND, None)
+        key = kwargs.pop(KEY_COND, None)
+        options = dict(transformer_options or {})
+        if c_crossattn is not None:
+            options[STREAMS_KEY] = self.streams(c_crossattn, key, content, style, x.device,
+                                                _model_dtype(executor.class_obj))
+        return executor(x, t, c_concat, c_crossattn, control, options, **kwargs)
+
+    def outer_sample(self, executor, *args, **kwargs):
+        try:
+            return executor(*args, **kwargs)
+        finally:
+            self.clear()
 
 
 def install(model_patcher, lora: ContentStyleLoRA, *, static: bool = True):
     """A clone of `model_patcher` running `lora`: the one way the pack puts the LoRA pair into ComfyUI.
+
+    `lora` is a ContentStyleLoRA or anything with its inference surface: `targets`, `merged_factors(path)` and
+    `kv_slots()` whose duals have `delta(x, x_c, x_s)` (unziplora.apply.InferencePair, built from files).
 
     static: also add every other LoRA linear's delta (current masks and mergers, snapshot at this call) as
     ordinary ComfyUI LoRA weight patches; attn2 K/V always stay live in the replace patches.
@@ -180,9 +281,11 @@ def install(model_patcher, lora: ContentStyleLoRA, *, static: bool = True):
             raise ValueError(f"UnZipLoRA: {len(missing)} LoRA weights not found in the model, e.g. {min(missing)}")
     for key, patch in kv_patches(lora, slot).items():
         m.set_model_attn2_replace(patch, *key)
-    apply_model = comfy.patcher_extension.WrappersMP.APPLY_MODEL
-    m.remove_wrappers_with_key(apply_model, WRAPPER_KEY)
-    m.add_wrapper_with_key(apply_model, WRAPPER_KEY, streams_wrapper)
+    wrapper = StreamsWrapper()
+    kinds = comfy.patcher_extension.WrappersMP
+    for kind, fn in ((kinds.APPLY_MODEL, wrapper), (kinds.OUTER_SAMPLE, wrapper.outer_sample)):
+        m.remove_wrappers_with_key(kind, WRAPPER_KEY)
+        m.add_wrapper_with_key(kind, WRAPPER_KEY, fn)
     return m
 
 
@@ -197,7 +300,8 @@ def with_streams(conditioning, content, style):
     """A copy of a CONDITIONING list whose entries carry the content and style prompt streams.
 
     Padded per entry to the entry's own length, so ComfyUI's repeat-to-common-length on batching treats
-    x, x_c and x_s alike.
+    x, x_c and x_s alike; x itself rides along as the key that re-aligns them if a later node changes the
+    entry's tokens (align_streams).
     """
     import comfy.conds
 
@@ -207,6 +311,7 @@ def with_streams(conditioning, content, style):
         model_conds = dict(opts.get("model_conds", {}))
         model_conds[CONTENT_COND] = comfy.conds.CONDCrossAttn(match_length(content, x.shape[1], "content"))
         model_conds[STYLE_COND] = comfy.conds.CONDCrossAttn(match_length(style, x.shape[1], "style"))
+        model_conds[KEY_COND] = comfy.conds.CONDCrossAttn(x)
         out.append([x, {**opts, "model_conds": model_conds}])
     return out
 
