@@ -41,17 +41,6 @@ READY_TIMEOUT = 120.0
 _live_handles: list["ServerHandle"] = []
 
 
-def comfy_dir() -> Path:
-    """ComfyUI's directory: $COMFYUI_DIR, else the path scripts/setup_dev.sh wrote to <repo>/.comfyui-path."""
-    env = os.environ.get("COMFYUI_DIR")
-    if env:
-        return Path(env).expanduser().resolve()
-    marker = REPO / ".comfyui-path"
-    if marker.exists():
-        return Path(marker.read_text().strip())
-    return REPO / ".comfyui"
-
-
 def _tiny_sdxl_module():
     name = "unziplora_scripts_tiny_sdxl"
     if name not in sys.modules:
@@ -60,6 +49,11 @@ def _tiny_sdxl_module():
         sys.modules[name] = module
         spec.loader.exec_module(module)
     return sys.modules[name]
+
+
+def comfy_dir() -> Path:
+    """ComfyUI's directory ($COMFYUI_DIR, else what scripts/setup_dev.sh recorded): one definition, in tiny_sdxl."""
+    return _tiny_sdxl_module().comfy_dir()
 
 
 def ensure_tiny_checkpoint(cache_dir=None) -> Path:

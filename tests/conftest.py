@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import os
 import sys
 from pathlib import Path
 
@@ -11,16 +10,6 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 PACK_NAME = "unziplora_pack"
-
-
-def comfy_dir() -> Path:
-    env = os.environ.get("COMFYUI_DIR")
-    if env:
-        return Path(env).resolve()
-    marker = REPO / ".comfyui-path"
-    if marker.exists():
-        return Path(marker.read_text().strip())
-    return REPO / ".comfyui"
 
 
 def _import_pack():
@@ -34,12 +23,14 @@ def _import_pack():
     return module
 
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from comfy_server import comfy_dir  # noqa: E402
+
 _comfy = comfy_dir()
 if not (_comfy / "comfy").is_dir():
     raise RuntimeError(f"ComfyUI not found at {_comfy}: run `bash scripts/setup_dev.sh` or set COMFYUI_DIR")
 if str(_comfy) not in sys.path:
     sys.path.insert(0, str(_comfy))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 # ComfyUI picks its device when comfy.model_management is first imported: without a GPU driver it must be told.
 import comfy.cli_args  # noqa: E402

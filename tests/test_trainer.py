@@ -95,7 +95,7 @@ def test_masks_follow_the_schedule_and_base_is_untouched(make_inputs):
                 assert k <= held <= 2 * k, (path, name, held)
     after = inputs.unet.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before), "training must not change the base weights"
-    assert all(0.0 <= float(p.min()) and float(p.max()) <= 1.0 for p in lora.parameter_groups()["mergers"])
+    assert all(0.0 <= p.min().item() and p.max().item() <= 1.0 for p in lora.parameter_groups()["mergers"])
 
 
 def test_queue_interrupt_neither_stops_training_nor_is_swallowed(make_inputs):
