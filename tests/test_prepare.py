@@ -1,0 +1,89 @@
+"""Data preparation and input checks that need no server: crops, image batches, SDXL-shape refusal, names."""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+import torch
+
+from unziplora_pack.nodes.train import build_combined_prompt, check_name
+from unziplora_pack.training.config import TrainConfig, preset
+from unziplora_pack.training.data import LatentPosteriors, check_image, pad_tokens, resize_short_side
+from unziplora_pack.training.prepare import check_sdxl
+
+
+def test_crops_come_from_every_image_of_a_batch_and_stay_inside():
+    mean = torch.stack([torch.full((4, 12, 20), float(i)) for i in range(3)])
+    post = LatentPosteriors(mean, torch.zeros_like(mean))
+    g = torch.Generator().manual_seed(0)
+    seen = set()
+    for _ in range(60):
+        crop = post.sample_crop(8, g)
+        assert crop.shape == (1, 4, 8, 8)
+        seen.add(int(crop[0, 0, 0, 0]))
+    assert seen == {0, 1, 2}, "each step must pick any image of the batch"
+
+
+def test_posterior_sample_uses_the_std():
+    post = LatentPosteriors(torch.zeros(1, 4, 8, 8), torch.full((1, 4, 8, 8), 2.0))
+    crops = torch.cat([post.sample_crop(8, torch.Generator().manual_seed(i)) for i in range(20)])
+    assert 1.6 < float(crops.std()) < 2.4
+
+
+def test_resize_short_side_and_multiple_of_8():
+    img = torch.rand(1, 300, 517, 3)
+    px = resize_short_side(img, 128)
+    assert px.shape[:2] == (1, 3) and min(px.shape[-2:]) == 128 and px.shape[-1] % 8 == 0
+    assert 0.0 <= float(px.min()) and float(px.max()) <= 1.0
+
+
+def test_image_checks_name_the_problem():
+    with pytest.raises(ValueError, match="shorter side must be at least 64"):
+        check_image(torch.rand(1, 32, 200, 3))
+    with pytest.raises(ValueError, match=r"IMAGE batch \[B, H, W, 3\]"):
+        check_image(torch.rand(32, 200, 3))
+
+
+def test_long_prompts_are_zero_padded_to_equal_length():
+    a, b = torch.ones(1, 154, 8), torch.ones(1, 77, 8)
+    pa, pb = pad_tokens([a, b])
+    assert pa.shape == pb.shape == (1, 154, 8) and float(pb[:, 77:].abs().sum()) == 0.0
+
+
+def test_non_sdxl_models_are_refused_by_name():
+    sd15 = types.SimpleNamespace(model=types.SimpleNamespace(
+        diffusion_model=types.SimpleNamespace(output_blocks=[]), encode_adm=None,
+        model_config=types.SimpleNamespace(unet_config={"context_dim": 768, "adm_in_channels": None})))
+    with pytest.raises(ValueError, match="context_dim 768.*SDXL-architecture"):
+        check_sdxl(sd15)
+
+
+def test_sdxl_shaped_tiny_model_is_accepted(tiny_sdxl):
+    check_sdxl(tiny_sdxl)
+
+
+@pytest.mark.parametrize("field, value, needle", [
+    ("steps", 0, "steps"), ("rank", 0, "rank"), ("resolution", 100, "multiple of 64"),
+    ("column_ratio", 1.5, "column_ratio"), ("mode", "dreambooth", "one of unziplora"),
+    ("sample_times", 700, "sample_times"), ("steps", 1, "at least 2"),
+])
+def test_impossible_numbers_are_refused_with_the_input_named(field, value, needle):
+    with pytest.raises(ValueError, match=needle):
+        TrainConfig(**{field: value}).validate()
+
+
+def test_presets_validate_and_paper_is_default():
+    assert preset("paper") == TrainConfig()
+    assert preset("tiny-cpu").steps == 12
+    with pytest.raises(ValueError, match="preset must be one of"):
+        preset("huge")
+
+
+def test_names_and_the_combined_prompt():
+    assert check_name(" cat_v2 ") == "cat_v2"
+    for bad in ("../evil", "", ".hidden", "a/b"):
+        with pytest.raises(ValueError, match="name"):
+            check_name(bad)
+    assert build_combined_prompt("A sks cat", "A cat in sketch style") == "A sks cat in sketch style"
+    assert build_combined_prompt("A sks cat", "watercolor") == "A sks cat, watercolor"
