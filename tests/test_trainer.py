@@ -139,3 +139,44 @@ def test_previews_render_each_kind_and_leave_training_unchanged(make_inputs, tmp
     assert all(torch.equal(a[k], b[k]) for k in a), "previews changed the training result"
     assert all(d.content is not None and d.style is not None for _, blk, d in result.lora.items()
                if blk == "input_blocks.4.1"), "a side was not restored after its preview"
+
+
+def test_exported_files_hold_the_trained_masked_deltas(make_inputs, tmp_path):
+    """What export_run writes is the run's LoRAs: per layer, up @ down = the masked B A, mergers and masks in the
+    bundle, metadata naming the run; a second export with the same name gets a new name."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from unziplora_pack.training.export import export_run
+    from unziplora_pack.training.service import OutputDirs
+
+    inputs = make_inputs()
+    inputs.info.update(prompt="A sks cat in sketch style", content_prompt="A sks cat", style_prompt="A cat in sketch style")
+    result = Trainer(inputs, CFG).run()
+    dirs = OutputDirs(loras=str(tmp_path / "loras" / "unziplora"), bundles=str(tmp_path / "unziplora"),
+                      checkpoints=str(tmp_path / "ckpt"))
+    out = export_run(result, CFG, dirs, "cat", inputs, base_name="tiny.safetensors")
+    files = {side: load_file(out[side]) for side in ("content", "style")}
+    bundle = load_file(out["bundle"])
+    checked = 0
+    for path, _block, dual in result.lora.items():
+        key = "lora_unet_" + path.replace(".", "_")
+        for side_name, side in dual.sides():
+            sd = files[side_name]
+            up, down = sd[f"{key}.lora_up.weight"].float(), sd[f"{key}.lora_down.weight"].float()
+            assert float(sd[f"{key}.alpha"]) == CFG.rank
+            # the files are fp16: each factor within fp16 rounding of the trained one, the mask baked into up
+            torch.testing.assert_close(up, side.baked_up().detach(), rtol=1e-3, atol=1e-7)
+            torch.testing.assert_close(down, side.down.detach(), rtol=1e-3, atol=1e-7)
+            if side.mask_mode == "masked":
+                assert torch.all(up[side.mask == 0] == 0)
+            if side.mask_mode == "masked":
+                assert torch.equal(bundle[f"{side_name}.{path}.mask"].bool(), side.mask.bool())
+            torch.testing.assert_close(bundle[f"{side_name}.{path}.merger"], side.merger.detach())
+            checked += 1
+    assert checked == sum(len(d.sides()) for _, _, d in result.lora.items())
+    with safe_open(out["content"], "pt") as f:
+        meta = f.metadata()
+    assert "tiny.safetensors" in meta.values() and meta["unziplora.content_prompt"] == "A sks cat"
+    again = export_run(result, CFG, dirs, "cat", inputs)
+    assert again["name"] == "cat_2" and again["content"] != out["content"]
