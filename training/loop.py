@@ -149,6 +149,8 @@ class Trainer:
         start = 0
         if resume_from:
             start = self._load_checkpoint(resume_from, lora, optimizer, schedule, scaler, gen)
+            if progress:
+                progress(start, cfg.steps, None)  # the UI shows where the run picks up, not 0
         params = [p for g in optimizer.param_groups for p in g["params"]]
         losses = []
         g = start
