@@ -334,9 +334,10 @@ def test_cancel_then_resume(session):
     assert st["jobId"] == resumed[0]["id"] and cancelled[0]["id"] in st["jobTitle"], st
     trail = [(s["jobId"], s["state"], s["step"], s["note"][:30]) for s in seen]
     assert st["note"] == "", (st, trail)  # the "resuming" note goes once the new job is on the panel
-    # it continued from the checkpoint: the first step it reported is the one after the cancelled step
-    shown = [s["step"] for s in seen if s["jobId"] == st["jobId"] and s["step"]]
-    assert shown and min(shown) >= stopped_at + 1, (stopped_at, shown)
+    # it continued from the checkpoint: it never showed a step before the one it was cancelled at (a resumed
+    # job announces its starting step at once, so 0 never appears)
+    shown = [s["step"] for s in seen if s["jobId"] == st["jobId"] and s["state"] in ("running", "done")]
+    assert shown and min(shown) >= stopped_at, (stopped_at, shown)
 
 
 def test_reload_restores_panel(session):

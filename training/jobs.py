@@ -173,8 +173,9 @@ class JobManager:
 
     # ---- public API --------------------------------------------------------------------------------------
     def submit(self, name: str, work: Work, total: int = 0, info: dict | None = None,
-               resume_prompt: dict | None = None, resumed_from: str | None = None) -> JobRecord:
-        job = JobRecord(id=uuid.uuid4().hex[:12], name=name, total=total, info=dict(info or {}),
+               resume_prompt: dict | None = None, resumed_from: str | None = None, step: int = 0) -> JobRecord:
+        """step: where the work starts (a resumed run starts at its checkpoint's step, and shows it at once)."""
+        job = JobRecord(id=uuid.uuid4().hex[:12], name=name, total=total, step=step, info=dict(info or {}),
                         resume_prompt=resume_prompt, resumed_from=resumed_from)
         with self._lock:
             self._jobs[job.id] = job

@@ -9,6 +9,7 @@ Folders (under ComfyUI's, resolved by the node layer and passed in):
 from __future__ import annotations
 
 import os
+import re
 import threading
 from dataclasses import dataclass
 
@@ -39,6 +40,12 @@ def default_device() -> torch.device:
         return torch.device("cpu")
 
 
+def checkpoint_step(path: str) -> int:
+    """The step a checkpoint was saved at, from its name (step_NNNNNN.pt, as Trainer.save_checkpoint writes it)."""
+    m = re.search(r"step_(\d+)\.pt$", os.path.basename(path))
+    return int(m.group(1)) if m else 0
+
+
 class TrainingService:
     def __init__(self, manager: JobManager, dirs: OutputDirs, device: torch.device | None = None):
         self.manager = manager
@@ -65,7 +72,8 @@ class TrainingService:
             resume_from = resume_job.checkpoint if resume_job else None
             work = self._work(inputs, config, final_name, base_name, resume_from)
             job = self.manager.submit(final_name, work, total=config.steps, info=info, resume_prompt=resume_prompt,
-                                      resumed_from=resume_job.id if resume_job else None)
+                                      resumed_from=resume_job.id if resume_job else None,
+                                      step=checkpoint_step(resume_from) if resume_from else 0)
         return job
 
     def _work(self, inputs: TrainInputs, config: TrainConfig, name: str, base_name: str, resume_from: str | None):
