@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib.util
-import os
 import statistics
 import sys
 import tempfile
@@ -33,9 +32,10 @@ PACK = "unziplora_pack"
 
 def setup(cpu: bool):
     """ComfyUI on sys.path and the pack imported as a package, as tests/conftest.py does."""
-    marker = REPO / ".comfyui-path"
-    comfy = Path(os.environ.get("COMFYUI_DIR") or (marker.read_text().strip() if marker.exists() else REPO / ".comfyui"))
-    sys.path[:0] = [str(comfy), str(REPO / "tests")]
+    sys.path[:0] = [str(REPO / "tests")]
+    from comfy_server import comfy_dir
+
+    sys.path.insert(0, str(comfy_dir()))
     import comfy.cli_args
 
     comfy.cli_args.args.cpu = cpu

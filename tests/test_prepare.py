@@ -9,7 +9,7 @@ import torch
 
 from unziplora_pack.nodes.train import build_combined_prompt, check_name
 from unziplora_pack.training.config import TrainConfig, preset
-from unziplora_pack.training.data import LatentPosteriors, check_image, pad_tokens, resize_short_side
+from unziplora_pack.training.data import LatentPosteriors, check_image, encode_prompts, resize_short_side
 from unziplora_pack.training.prepare import check_sdxl
 
 
@@ -45,10 +45,27 @@ def test_image_checks_name_the_problem():
         check_image(torch.rand(32, 200, 3))
 
 
-def test_long_prompts_are_zero_padded_to_equal_length():
-    a, b = torch.ones(1, 154, 8), torch.ones(1, 77, 8)
-    pa, pb = pad_tokens([a, b])
-    assert pa.shape == pb.shape == (1, 154, 8) and float(pb[:, 77:].abs().sum()) == 0.0
+class _FakeClip:
+    """Stands in for ComfyUI's CLIP: 77 tokens per 10 words, ones everywhere."""
+
+    def tokenize(self, text):
+        return text
+
+    def encode_from_tokens(self, text, return_pooled=True):
+        n = 77 * (1 + len(text.split()) // 10)
+        return torch.ones(1, n, 8), torch.ones(1, 4)
+
+
+def test_streams_are_padded_to_the_combined_prompt_which_stays_untouched():
+    long = " ".join(["word"] * 12)
+    s = encode_prompts(_FakeClip(), long, "A sks cat", "A cat in sketch style")
+    assert s.x.shape == s.x_c.shape == s.x_s.shape == (1, 154, 8)
+    assert float(s.x.sum()) == 154 * 8, "the combined prompt must not be padded"
+    assert float(s.x_c[:, 77:].abs().sum()) == 0.0
+    with pytest.raises(ValueError, match="content_prompt prompt has 154 tokens"):
+        encode_prompts(_FakeClip(), "A sks cat", long, "A cat in sketch style")
+    with pytest.raises(ValueError, match="style_prompt is empty"):
+        encode_prompts(_FakeClip(), "A sks cat", "A sks cat", "  ")
 
 
 def test_non_sdxl_models_are_refused_by_name():

@@ -7,7 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
+
+from ..unziplora.kv_patch import match_length
 
 MIN_IMAGE_SIDE = 64
 
@@ -26,13 +27,6 @@ class PromptStreams:
                              self.pooled.to(device=device, dtype=dtype))
 
 
-def pad_tokens(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Zero-pad token sequences to the longest: the LoRA delta of a zero token is zero, and each 75-token
-    chunk of a long prompt is 77 tokens, so lengths are multiples of 77 that may differ between prompts."""
-    n = max(t.shape[1] for t in tensors)
-    return [t if t.shape[1] == n else F.pad(t, (0, 0, 0, n - t.shape[1])) for t in tensors]
-
-
 def encode_prompts(clip, prompt: str, content_prompt: str, style_prompt: str) -> PromptStreams:
     for name, text in (("prompt", prompt), ("content_prompt", content_prompt), ("style_prompt", style_prompt)):
         if not isinstance(text, str) or not text.strip():
@@ -44,7 +38,11 @@ def encode_prompts(clip, prompt: str, content_prompt: str, style_prompt: str) ->
         out.append(cond.detach().float().clone())
         if pooled is None:
             pooled = p.detach().float().clone()  # the UNet's pooled vector is the combined prompt's only
-    x, x_c, x_s = pad_tokens(out)
+    # Long prompts are 77 tokens per 75-word chunk. The streams are aligned to the combined prompt the way the
+    # inference patch aligns them (kv_patch.match_length): zero-padded, never longer, x itself untouched.
+    x = out[0]
+    x_c = match_length(out[1], x.shape[1], "content_prompt")
+    x_s = match_length(out[2], x.shape[1], "style_prompt")
     return PromptStreams(x, x_c, x_s, pooled)
 
 

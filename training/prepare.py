@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from ..unziplora.kv_patch import sdxl_y
 from .config import TrainConfig
 from .data import LatentPosteriors, PromptStreams, encode_posteriors, encode_prompts
 from .loop import TrainInputs
@@ -29,9 +30,8 @@ def check_sdxl(model_patcher) -> None:
 
 
 def time_ids_adm(model, pooled: torch.Tensor, resolution: int) -> torch.Tensor:
-    """The UNet's y vector: the combined prompt's pooled output + fixed size/crop ids (res, res, 0, 0, res, res)."""
-    return model.encode_adm(pooled_output=pooled, width=resolution, height=resolution, crop_w=0, crop_h=0,
-                            target_width=resolution, target_height=resolution).detach().float().clone()
+    """The UNet's y vector: the combined prompt's pooled output + fixed ids (res, res, 0, 0, res, res)."""
+    return sdxl_y(model, pooled, (resolution, resolution, 0, 0, resolution, resolution)).detach().float()
 
 
 def _plain(t: torch.Tensor) -> torch.Tensor:
