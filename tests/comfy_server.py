@@ -388,6 +388,9 @@ class ComfyClient:
     def follow(self, timeout: float = 10.0):
         """An open websocket (EventFollower) for this client id; open it before queueing."""
         follower = EventFollower(self.ws_url(), connect_timeout=timeout)
+        # the server greets every new socket with "status" once it is registered under our client id;
+        # waiting for it means nothing queued after this point can be missed
+        follower.until(lambda e: e.get("type") == "status", timeout)
         try:
             yield follower
         finally:

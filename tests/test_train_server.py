@@ -180,8 +180,8 @@ def test_files_load_in_stock_loraloader_with_masks_baked(finished_run, server, c
     log_before = len(server.log())
     for side in ("content", "style"):
         name = f"unziplora/{Path(out[side]).name}"
-        pid = client.queue(sample_graph(ckpt, lora=name, seed=2))
         with client.follow() as events:
+            pid = client.queue(sample_graph(ckpt, lora=name, seed=2))
             events.until_done(pid, timeout=180)
         assert client.history(pid)["status"]["status_str"] == "success"
     assert "lora key not loaded" not in server.log()[log_before:]
@@ -190,8 +190,8 @@ def test_files_load_in_stock_loraloader_with_masks_baked(finished_run, server, c
 def test_cancel_then_resume_matches_uninterrupted(finished_run, server, ckpt):
     client = finished_run["client"]
     reference = load_file(finished_run["job"]["outputs"]["content"])
-    pid = client.queue(train_graph(ckpt, name="cat_resumed"))
     with client.follow() as events:
+        pid = client.queue(train_graph(ckpt, name="cat_resumed"))
         events.until_done(pid, timeout=120)
     job_id = job_id_of(client.history(pid))
     wait_job(client, job_id, min_step=5)
@@ -201,10 +201,10 @@ def test_cancel_then_resume_matches_uninterrupted(finished_run, server, ckpt):
     assert job["state"] == "cancelled" and job["resumable"] and job["checkpoint"], job
     assert 5 <= job["step"] < 12 and Path(job["checkpoint"]).is_file()
 
-    status, resumed = client.post_json(f"/unziplora/jobs/{job_id}/resume", {"client_id": client.client_id})
-    assert status == 200, resumed
-    rpid = resumed["prompt_id"]
     with client.follow() as events:
+        status, resumed = client.post_json(f"/unziplora/jobs/{job_id}/resume", {"client_id": client.client_id})
+        assert status == 200, resumed
+        rpid = resumed["prompt_id"]
         events.until_done(rpid, timeout=120)
     new_id = job_id_of(client.history(rpid))
     assert new_id != job_id
@@ -252,16 +252,21 @@ def test_second_cancel_and_unknown_ids(finished_run):
 ])
 def test_bad_inputs_fail_with_a_message_naming_the_input(server, ckpt, overrides, needle):
     client = server.client()
-    try:
-        pid = client.queue(train_graph(ckpt, **overrides))
-    except PromptRejected as e:  # rejected at validation (ComfyUI's own min/max/step checks)
-        assert needle in str(e.body), e.body
-        return
     with client.follow() as events:
+        try:
+            pid = client.queue(train_graph(ckpt, **overrides))
+        except PromptRejected as e:  # rejected at validation (ComfyUI's own min/max/step checks)
+            assert needle in str(e.body), e.body
+            return
         seen = events.until_done(pid, timeout=120)
     errors = events_of(seen, "execution_error", pid)
     assert errors, f"bad input {overrides} did not fail"
     assert needle in errors[0]["exception_message"], errors[0]["exception_message"]
+    # the history keeps the same message for a browser that connects later
+    status = client.history(pid)["status"]
+    assert status["status_str"] == "error"
+    kept = [m[1] for m in status["messages"] if m[0] == "execution_error"]
+    assert kept and needle in kept[0]["exception_message"], status
 
 
 def test_restart_mid_run_shows_interrupted_and_resumes(tmp_path, tiny_checkpoint):
@@ -270,8 +275,8 @@ def test_restart_mid_run_shows_interrupted_and_resumes(tmp_path, tiny_checkpoint
     server = start_server(base)
     try:
         client = server.client()
-        pid = client.queue(train_graph(tiny_checkpoint.name, name="restart", steps=16))
         with client.follow() as events:
+            pid = client.queue(train_graph(tiny_checkpoint.name, name="restart", steps=16))
             events.until_done(pid, timeout=120)
         job_id = job_id_of(client.history(pid))
         wait_job(client, job_id, min_step=6)
@@ -281,9 +286,9 @@ def test_restart_mid_run_shows_interrupted_and_resumes(tmp_path, tiny_checkpoint
         job = client.get_json(f"/unziplora/jobs/{job_id}")
         assert job["state"] == "interrupted" and job["resumable"], job
         assert job["checkpoint"].endswith("step_000004.pt")
-        status, resumed = client.post_json(f"/unziplora/jobs/{job_id}/resume", {"client_id": client.client_id})
-        assert status == 200, resumed
         with client.follow() as events:
+            status, resumed = client.post_json(f"/unziplora/jobs/{job_id}/resume", {"client_id": client.client_id})
+            assert status == 200, resumed
             events.until_done(resumed["prompt_id"], timeout=120)
         new_id = job_id_of(client.history(resumed["prompt_id"]))
         done = wait_job(client, new_id)
