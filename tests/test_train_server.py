@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -227,6 +228,8 @@ def test_blocking_mode_trains_inside_the_prompt(server, ckpt):
     bars = [e["data"] for e in seen if e.get("type") == "progress" and e["data"].get("node") == "3"]
     assert bars and bars[-1]["max"] == 4
     assert job["info"]["base_model"] == ckpt
+    # a CPU job leaves one core to ComfyUI (training.service.cpu_training_threads)
+    assert job["info"]["cpu_threads"] == max(1, len(os.sched_getaffinity(0)) - 1), job["info"]
 
 
 def test_second_cancel_and_unknown_ids(finished_run):

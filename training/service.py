@@ -40,6 +40,34 @@ def default_device() -> torch.device:
         return torch.device("cpu")
 
 
+CPU_THREADS_ENV = "UNZIPLORA_CPU_THREADS"
+
+
+def cpu_training_threads(environ=os.environ) -> int:
+    """Intra-op threads for a job that trains on the CPU: UNZIPLORA_CPU_THREADS if set, else all cores but one.
+
+    The job thread shares the machine with ComfyUI's threads, and the prompt thread's OpenMP team (it ran CLIP
+    and the VAE) stays alive beside the job's. With every core in the job's team its barriers wait on cores
+    held elsewhere: on the 2-core CI machine a 128 px step of the tiny checkpoint took 1.28 s (median, up to
+    3.2 s) with 2 threads and 0.91 s with 1 (bench/bench_cpu_threads.py); in the live server 1.2-2.1 s against
+    0.9-1.0 s.
+    """
+    raw = environ.get(CPU_THREADS_ENV, "").strip()
+    if raw:
+        try:
+            n = int(raw)
+        except ValueError:
+            n = 0
+        if n < 1:
+            raise ValueError(f"{CPU_THREADS_ENV}={raw!r}: must be a whole number of threads, 1 or more")
+        return n
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(1, cores - 1)
+
+
 def checkpoint_step(path: str) -> int:
     """The step a checkpoint was saved at, from its name (step_NNNNNN.pt, as Trainer.save_checkpoint writes it)."""
     m = re.search(r"step_(\d+)\.pt$", os.path.basename(path))
@@ -79,6 +107,12 @@ class TrainingService:
     def _work(self, inputs: TrainInputs, config: TrainConfig, name: str, base_name: str, resume_from: str | None):
         def work(ctx: JobContext) -> dict:
             device = self.device or default_device()
+            if device.type == "cpu":
+                # OpenMP/MKL keep the count per thread: ComfyUI's prompt thread, which has run torch ops before
+                # any job starts, keeps its own
+                threads = cpu_training_threads()
+                torch.set_num_threads(threads)
+                ctx.job.info["cpu_threads"] = threads
             checkpoint_dir = os.path.join(self.dirs.checkpoints, ctx.job.id)
             trainer = Trainer(inputs, config, device=device, checkpoint_dir=checkpoint_dir)
             if resume_from:

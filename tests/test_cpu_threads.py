@@ -1,0 +1,61 @@
+"""How many intra-op threads a CPU training job takes (training.service.cpu_training_threads)."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import pytest
+import torch
+
+from unziplora_pack.training.service import CPU_THREADS_ENV, cpu_training_threads
+
+
+def test_default_leaves_one_core_for_comfyui():
+    cores = len(os.sched_getaffinity(0))
+    assert cpu_training_threads({}) == max(1, cores - 1)
+
+
+def test_environment_variable_overrides():
+    assert cpu_training_threads({CPU_THREADS_ENV: " 3 "}) == 3
+
+
+@pytest.mark.parametrize("bad", ["0", "-2", "two", "1.5"])
+def test_bad_value_names_the_variable_and_what_is_allowed(bad):
+    with pytest.raises(ValueError) as e:
+        cpu_training_threads({CPU_THREADS_ENV: bad})
+    assert CPU_THREADS_ENV in str(e.value) and repr(bad) in str(e.value) and "1 or more" in str(e.value)
+
+
+def test_a_running_thread_keeps_its_own_count():
+    """The job sets its count in its own thread; a thread that already ran torch ops (ComfyUI's prompt
+    thread) keeps its count."""
+    before = torch.get_num_threads()
+    seen = {}
+    started, go_on = threading.Event(), threading.Event()
+
+    def other():
+        (torch.ones(1 << 20) * 2).sum()  # a parallel op: the thread settles its count, as ComfyUI's has
+        started.set()
+        go_on.wait(10)
+        seen["other"] = torch.get_num_threads()
+
+    t = threading.Thread(target=other)
+    t.start()
+    started.wait(10)
+
+    def job():
+        torch.set_num_threads(1)
+        seen["job"] = torch.get_num_threads()
+
+    j = threading.Thread(target=job)
+    j.start()
+    j.join()
+    go_on.set()
+    t.join()
+    try:
+        assert seen["job"] == 1
+        assert seen["other"] == before
+        assert torch.get_num_threads() == before
+    finally:
+        torch.set_num_threads(before)
