@@ -73,6 +73,9 @@ async def resume_job(request: web.Request) -> web.Response:
         # only the train node's branch: other outputs of the recorded workflow are not run again
         payload = {"prompt": prompt, "client_id": body.get("client_id"),
                    "partial_execution_targets": [str(job.info.get("node_id"))]}
+        if job.info.get("workflow_id"):
+            # the resumed job stays linked to the same workflow's node (only the id: the graph is not needed)
+            payload["extra_data"] = {"extra_pnginfo": {"workflow": {"id": job.info["workflow_id"]}}}
         async with session.post(url, json=payload) as resp:
             data = await resp.json()
             return web.json_response(data, status=resp.status)

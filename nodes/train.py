@@ -106,7 +106,7 @@ class UnZipLoRATrain(io.ComfyNode):
                 io.String.Output("style_lora", tooltip="Path the style LoRA is written to."),
                 io.String.Output("bundle", tooltip="Path of the bundle (mergers + masks) for the combined mode."),
             ],
-            hidden=[io.Hidden.prompt, io.Hidden.unique_id],
+            hidden=[io.Hidden.prompt, io.Hidden.unique_id, io.Hidden.extra_pnginfo],
         )
 
     @classmethod
@@ -137,12 +137,21 @@ class UnZipLoRATrain(io.ComfyNode):
         inputs = prepare_inputs(model, clip, vae, image, prompt, content_prompt, style_prompt, config)
         make_room_for_training(inputs.unet)
         job = svc.start(inputs, config, name, resume_prompt=cls.hidden.prompt, node_id=cls.hidden.unique_id,
-                        resume_job=resume_job, base_name=base_model_name(cls.hidden.prompt, cls.hidden.unique_id))
+                        resume_job=resume_job, base_name=base_model_name(cls.hidden.prompt, cls.hidden.unique_id),
+                        workflow_id=workflow_id_of(cls.hidden.extra_pnginfo))
         if run_mode == "blocking":
             job = _wait_in_queue(svc, job)
         planned = job.info["planned_outputs"]
         ui = {"unziplora_job": [job.id], "text": [f"job {job.id}: {job.state}"]}
         return io.NodeOutput(job.id, planned["content"], planned["style"], planned["bundle"], ui=ui)
+
+
+def workflow_id_of(extra_pnginfo) -> str | None:
+    """The id of the browser workflow that queued the prompt (the frontend sends the workflow in extra_pnginfo):
+    with the node id it tells the panel which node in which workflow started a job."""
+    workflow = extra_pnginfo.get("workflow") if isinstance(extra_pnginfo, dict) else None
+    wid = workflow.get("id") if isinstance(workflow, dict) else None
+    return wid if isinstance(wid, str) and wid else None
 
 
 def base_model_name(prompt: dict | None, node_id: str | None) -> str:

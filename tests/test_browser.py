@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import re
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -375,6 +376,26 @@ def test_reload_restores_panel(session):
     finally:
         other.close()
     set_widget(page, "steps", STEPS)
+
+
+def test_panel_follows_its_workflow_not_just_the_node_id(session):
+    """Node ids repeat across workflows: another workflow's train node #3 shows no job, and going back shows the
+    job again. Every job (the resumed one too) records the workflow that started it."""
+    page, server = session["page"], session["server"]
+    wid = page.evaluate("() => (window.app.rootGraph ?? window.app.graph).id")
+    assert isinstance(wid, str) and wid, wid
+    jobs = server_jobs(server)
+    assert jobs and all(j["info"].get("workflow_id") == wid for j in jobs), (wid, [j["info"] for j in jobs])
+    before = panel_state(page)
+    assert before["jobId"], before
+    saved = page.evaluate("() => window.app.graph.serialize()")
+    other = dict(saved, id=str(uuid.uuid4()))
+    page.evaluate("(wf) => window.app.loadGraphData(wf, true, true, 'unziplora_other_workflow')", other)
+    st, _ = wait_panel(page, server, lambda s: s["state"] == "idle" and not s["jobId"], 20,
+                       "an empty panel in another workflow")
+    assert st["chip"] == "not trained", st
+    page.evaluate("(wf) => window.app.loadGraphData(wf, true, true, 'unziplora_browser_test')", saved)
+    wait_panel(page, server, lambda s: s["jobId"] == before["jobId"], 20, f"job {before['jobId']} back again")
 
 
 def test_help_page(session):

@@ -191,10 +191,12 @@ def test_files_load_in_stock_loraloader_with_masks_baked(finished_run, server, c
 def test_cancel_then_resume_matches_uninterrupted(finished_run, server, ckpt):
     client = finished_run["client"]
     reference = load_file(finished_run["job"]["outputs"]["content"])
+    workflow = {"extra_pnginfo": {"workflow": {"id": "workflow-a", "nodes": []}}}  # as the frontend sends it
     with client.follow() as events:
-        pid = client.queue(train_graph(ckpt, name="cat_resumed"))
+        pid = client.queue(train_graph(ckpt, name="cat_resumed"), extra_data=workflow)
         events.until_done(pid, timeout=120)
     job_id = job_id_of(client.history(pid))
+    assert client.get_json(f"/unziplora/jobs/{job_id}")["info"]["workflow_id"] == "workflow-a"
     wait_job(client, job_id, min_step=5)
     status, cancelled = client.post_json(f"/unziplora/jobs/{job_id}/cancel", {})
     assert status == 200 and cancelled["state"] in ("cancelling", "cancelled"), cancelled
@@ -211,6 +213,7 @@ def test_cancel_then_resume_matches_uninterrupted(finished_run, server, ckpt):
     assert new_id != job_id
     done = wait_job(client, new_id)
     assert done["state"] == "done" and done["resumed_from"] == job_id, done
+    assert done["info"]["workflow_id"] == "workflow-a", done["info"]  # the panel still finds it
     result = load_file(done["outputs"]["content"])
     assert result.keys() == reference.keys()
     for k in reference:

@@ -86,12 +86,13 @@ class TrainingService:
         return {j.info.get("output_name") for j in self.manager.list() if j.state in ("queued", "running", "cancelling")}
 
     def start(self, inputs: TrainInputs, config: TrainConfig, name: str, *, resume_prompt: dict | None = None,
-              node_id: str | None = None, resume_job: JobRecord | None = None, base_name: str = "") -> JobRecord:
+              node_id: str | None = None, resume_job: JobRecord | None = None, base_name: str = "",
+              workflow_id: str | None = None) -> JobRecord:
         config.validate()
         with self._names_lock:
             final_name = output_names(self.dirs, name, reserved=self.reserved_names())
             info = dict(inputs.info, output_name=final_name, requested_name=name, mode=config.mode,
-                        node_id=node_id, base_model=base_name, config=config.to_json())
+                        node_id=node_id, workflow_id=workflow_id, base_model=base_name, config=config.to_json())
             info["planned_outputs"] = {
                 "content": os.path.join(self.dirs.loras, f"{final_name}_content.safetensors"),
                 "style": os.path.join(self.dirs.loras, f"{final_name}_style.safetensors"),

@@ -2,8 +2,8 @@
 //
 // Training runs in a background job on the server. The node links to its job three ways:
 //   - onExecuted(output): the node's ui dict carries output.unziplora_job = [job id];
-//   - "unziplora.progress" websocket events (broadcast to every tab) carry the job, whose info.node_id names
-//     the node that started it;
+//   - "unziplora.progress" websocket events (broadcast to every tab) carry the job, whose info.node_id and
+//     info.workflow_id name the node, and the workflow, that started it (node ids repeat across workflows);
 //   - GET /unziplora/jobs on load and on reconnect: each node shows the newest job it started, so a page
 //     reload or a second tab shows the same panel.
 
@@ -57,6 +57,23 @@ function execIdOf(node) {
   return search(root, "", 0);
 }
 
+/** The open workflow's id: the frontend sends it with every prompt (extra_pnginfo.workflow.id). */
+function workflowId() {
+  return rootGraph()?.id ?? null;
+}
+
+/** Whether a job was started from the open workflow (jobs recorded without a workflow id match any). */
+function fromThisWorkflow(job) {
+  const wid = job?.info?.workflow_id;
+  const here = workflowId();
+  return !wid || !here || wid === here;
+}
+
+/** The train node in the open workflow that started this job, or null. */
+function nodeForJob(job) {
+  return fromThisWorkflow(job) ? nodeForExecId(job?.info?.node_id) : null;
+}
+
 function nodeForExecId(execId) {
   let graph = rootGraph();
   if (!graph || execId === undefined || execId === null) return null;
@@ -87,7 +104,11 @@ function bind(entry) {
   const execId = execIdOf(entry.node);
   let job = entry.jobId ? store.get(entry.jobId) : undefined;
   if (entry.jobId && !job && store.loaded && !store.refreshing) entry.jobId = null; // gone from the server
-  const latest = execId !== null ? store.latestForNode(execId) : undefined;
+  if (job && !fromThisWorkflow(job)) {
+    job = undefined;
+    entry.jobId = null;
+  }
+  const latest = execId !== null ? store.latestForNode(execId, fromThisWorkflow) : undefined;
   if (latest && (!job || (latest.created || 0) > (job.created || 0))) job = latest;
   if (job && job.id !== entry.jobId) entry.jobId = job.id;
   if (entry.pending && entry.jobId && entry.jobId !== entry.pendingFrom) {
@@ -167,8 +188,7 @@ async function resume(job, entry) {
 }
 
 function entryForJob(job) {
-  const node = nodeForExecId(job?.info?.node_id);
-  return node?.__unziplora;
+  return nodeForJob(job)?.__unziplora;
 }
 
 function attachPanel(node) {
@@ -315,11 +335,11 @@ app.registerExtension({
       cancel: (job) => cancel(job, entryForJob(job)),
       resume: (job) => resume(job, entryForJob(job)),
       canLocate: (job) => {
-        const node = nodeForExecId(job.info?.node_id);
+        const node = nodeForJob(job);
         return !!node?.__unziplora && node.graph === app.canvas?.graph;
       },
       locate: (job) => {
-        const node = nodeForExecId(job.info?.node_id);
+        const node = nodeForJob(job);
         if (!node) return false;
         app.canvas.selectNode?.(node);
         app.canvas.centerOnNode?.(node);

@@ -48,11 +48,12 @@ export class JobStore {
     return false;
   }
 
-  /** The newest job started by the train node with this execution id ("3", or "12:3" inside a subgraph). */
-  latestForNode(nodeId) {
+  /** The newest job started by the train node with this execution id ("3", or "12:3" inside a subgraph), among
+   * the jobs `accept` keeps (the panel keeps those of the open workflow). */
+  latestForNode(nodeId, accept = () => true) {
     let best;
     for (const job of this.jobs.values()) {
-      if (String(job.info?.node_id ?? "") !== String(nodeId)) continue;
+      if (String(job.info?.node_id ?? "") !== String(nodeId) || !accept(job)) continue;
       if (!best || (job.created || 0) > (best.created || 0)) best = job;
     }
     return best;
