@@ -82,8 +82,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--full-sdxl", action="store_true")
     ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=0, help="intra-op threads (0: torch's default)")
     a = ap.parse_args()
     import torch
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
 
     cuda = torch.cuda.is_available()
     if a.full_sdxl and not cuda:
@@ -96,6 +100,7 @@ def main() -> int:
         cases = [("tiny", "unziplora", 64, 128, "cpu", "off"), ("checkpoint", "unziplora", 8, 128, "cpu", "off"),
                  ("checkpoint", "unziplora", 64, 128, "cpu", "off"), ("checkpoint", "naive", 64, 128, "cpu", "off")]
     rows = [run(k, m, r, res, a.steps, d, c) for k, m, r, res, d, c in cases]
+    print(f"{torch.get_num_threads()} intra-op threads")
     print(f"{'model':<11}{'UNet M':>8} {'mode':<10}{'rank':>5}{'px':>6} {'device':<6}{'prec':<9}{'ckpt':<5}"
           f"{'s/step':>9}{'peak GiB':>10}")
     for r in rows:
