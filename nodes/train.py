@@ -151,7 +151,8 @@ def workflow_id_of(extra_pnginfo) -> str | None:
     with the node id it tells the panel which node in which workflow started a job."""
     workflow = extra_pnginfo.get("workflow") if isinstance(extra_pnginfo, dict) else None
     wid = workflow.get("id") if isinstance(workflow, dict) else None
-    return wid if isinstance(wid, str) and wid else None
+    # the frontend's nil id means "none given" (graphs made by loadApiJson, or saved by older frontends)
+    return wid if isinstance(wid, str) and wid.strip("0-") else None
 
 
 def base_model_name(prompt: dict | None, node_id: str | None) -> str:

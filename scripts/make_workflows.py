@@ -202,6 +202,9 @@ def _write_outputs(name: str, ui: dict, png: bytes) -> None:
             continue
         if node["type"] == "CheckpointLoaderSimple":
             values[0] = CKPT
+    # no fixed workflow id: the frontend gives each opened copy a fresh one, and the train panel tells the
+    # copies apart by it (a shared id, or the nil one loadApiJson leaves, would link them all)
+    ui.pop("id", None)
     (OUT / f"{name}.json").write_text(json.dumps(ui, indent=1) + "\n")
     img = Image.open(io.BytesIO(png)).convert("RGB")
     img.thumbnail((960, 600))

@@ -165,10 +165,18 @@ def close_templates_dialog(page, timeout: float = 30.0) -> None:
     page.wait_for_selector(".p-dialog-mask", state="detached", timeout=10_000)
 
 
-def load_workflow(page, prompt: dict) -> None:
-    page.evaluate("""(prompt) => {
+def load_workflow(page, prompt: dict, name: str = "unziplora_browser_test", api_file: bool = False) -> None:
+    """Build the UI graph from an API prompt, then open it the way a saved file or template without an id
+    opens (loadGraphData), so the frontend gives it a fresh workflow id as it does for users. api_file: stop
+    after loadApiJson, as when a user drops an API-format file (the graph keeps litegraph's nil id)."""
+    page.evaluate("""async ([prompt, name, apiFile]) => {
         const app = window.app;
-        app.loadApiJson(prompt, "unziplora_browser_test");
+        app.loadApiJson(prompt, name);
+        if (!apiFile) {
+            const wf = app.graph.serialize();
+            delete wf.id;
+            await app.loadGraphData(wf, true, true, name);
+        }
         const g = app.graph;
         const place = (id, x, y) => { const n = g.getNodeById(id); if (n) n.pos = [x, y]; };
         place("1", 40, 80); place("2", 40, 300);
@@ -180,7 +188,7 @@ def load_workflow(page, prompt: dict) -> None:
         app.canvas.ds.scale = 1;
         app.canvas.ds.offset = [0, 0];
         g.setDirtyCanvas(true, true);
-    }""" % TRAIN_ID, prompt)
+    }""" % TRAIN_ID, [prompt, name, api_file])
     page.wait_for_selector(".uzl-panel", state="visible", timeout=30_000)
 
 
@@ -383,7 +391,7 @@ def test_panel_follows_its_workflow_not_just_the_node_id(session):
     job again. Every job (the resumed one too) records the workflow that started it."""
     page, server = session["page"], session["server"]
     wid = page.evaluate("() => (window.app.rootGraph ?? window.app.graph).id")
-    assert isinstance(wid, str) and wid, wid
+    assert isinstance(wid, str) and wid.strip("0-"), f"the workflow has no id of its own: {wid}"
     jobs = server_jobs(server)
     assert jobs and all(j["info"].get("workflow_id") == wid for j in jobs), (wid, [j["info"] for j in jobs])
     before = panel_state(page)
@@ -435,6 +443,36 @@ def test_jobs_sidebar(session):
         if job["state"] == "done":
             assert len(card["files"]) == 3, card
     page.screenshot(path=str(ARTIFACTS / "unziplora_sidebar.png"))
+
+
+def test_panel_in_nodes_2_vue_mode(session):
+    """ComfyUI's Nodes 2.0 draws nodes as Vue components: the panel (a DOM widget) still shows up inside the
+    node, trains to done and lists the files. Two API-format graphs are dropped one after the other: both
+    have the nil workflow id, and frontend 1.32.9 then keeps showing the first graph's panel element in the
+    second graph's node #3 (the panel must follow the new node). A second page, switched back afterwards (the
+    setting is saved on the server)."""
+    server, ckpt = session["server"], session["ckpt"]
+    page = watched_page(session["page"].context, session["log"])
+    setting = "Comfy.VueNodes.Enabled"
+    try:
+        open_app(page, server.url)
+        page.evaluate("(id) => window.app.extensionManager.setting.set(id, true)", setting)
+        page.wait_for_selector(".lg-node, [data-node-id]", state="attached", timeout=15_000)
+        load_workflow(page, training_prompt(ckpt, name="vue_first"), "unziplora_vue_test", api_file=True)
+        load_workflow(page, training_prompt(ckpt, name="vue"), "unziplora_vue_test", api_file=True)
+        inside = page.evaluate("""(id) => { const p = document.querySelector('.uzl-panel');
+            const node = p.closest('[data-node-id]'); return node ? node.getAttribute('data-node-id') : null; }""",
+                               TRAIN_ID)
+        assert inside == TRAIN_ID, f"the panel is not inside the Vue node #{TRAIN_ID}: {inside}"
+        # the frontend's "Prefer the legacy design?" toasts cover the bottom of the page, where the button is
+        page.locator(".uzl-panel [data-action=train]").dispatch_event("click")
+        st, _ = wait_panel(page, server, lambda s: s["state"] == "done" and s["job"].startswith("vue"), 180,
+                           "done in Vue mode")
+        assert st["step"] == STEPS and st["files"][0].startswith("vue") and len(st["files"]) == 3, st
+        page.screenshot(path=str(ARTIFACTS / "unziplora_panel_vue.png"))
+    finally:
+        page.evaluate("(id) => window.app.extensionManager.setting.set(id, false)", setting)
+        page.close()
 
 
 def test_no_page_or_pack_errors(session):

@@ -125,6 +125,8 @@ def test_example_workflows_are_listed_and_use_registered_nodes(comfy_server, com
     for name in shipped:
         wf = json.loads((REPO / "example_workflows" / f"{name}.json").read_text())
         assert (REPO / "example_workflows" / f"{name}.jpg").is_file(), f"{name} has no thumbnail"
+        # each opened copy must get its own workflow id from the frontend (jobs are linked to it)
+        assert "id" not in wf, f"{name} carries a fixed workflow id {wf['id']}"
         ids = {n["id"] for n in wf["nodes"]}
         unknown = {n["type"] for n in wf["nodes"]} - known
         assert not unknown, f"{name} uses unknown node types {unknown}"

@@ -57,9 +57,12 @@ function execIdOf(node) {
   return search(root, "", 0);
 }
 
+const NIL_ID = "00000000-0000-0000-0000-000000000000"; // litegraph's "no id" (graphs made by loadApiJson)
+
 /** The open workflow's id: the frontend sends it with every prompt (extra_pnginfo.workflow.id). */
 function workflowId() {
-  return rootGraph()?.id ?? null;
+  const id = rootGraph()?.id;
+  return id && id !== NIL_ID ? id : null;
 }
 
 /** Whether a job was started from the open workflow (jobs recorded without a workflow id match any). */
@@ -118,9 +121,29 @@ function bind(entry) {
   entry.panel.setJob(job);
 }
 
+/**
+ * A panel whose node left the graph. Nodes 2.0 (frontend 1.32.9) can go on showing it in place of the node
+ * with the same id in the graph loaded next (its node component is reused by id), so while the panel is on
+ * the page it follows that node; once it is off the page it is dropped. True when the entry is usable.
+ */
+function adopt(entry) {
+  if (entry.node.graph && !entry.removed) return true;
+  if (!entry.panel.element.isConnected) {
+    entry.observer?.disconnect();
+    entries.delete(entry);
+    return false;
+  }
+  const heir = nodeForExecId(entry.node.id);
+  if (!heir || heir === entry.node || heir.type !== entry.node.type) return false;
+  entry.node = heir;
+  entry.removed = false;
+  entry.jobId = null;
+  return true;
+}
+
 function bindAll() {
-  for (const entry of entries) {
-    if (entry.node.graph) bind(entry);
+  for (const entry of [...entries]) {
+    if (adopt(entry)) bind(entry);
   }
   redraw();
 }
@@ -128,6 +151,7 @@ function bindAll() {
 store.subscribe(bindAll);
 
 async function train(entry) {
+  adopt(entry);
   const execId = execIdOf(entry.node);
   entry.pending = true;
   entry.pendingFrom = entry.jobId ?? null;
@@ -226,9 +250,7 @@ function attachPanel(node) {
 
 function detachPanel(node) {
   const entry = node.__unziplora;
-  if (!entry) return;
-  entry.observer?.disconnect();
-  entries.delete(entry);
+  if (entry?.node === node) entry.removed = true; // dropped by adopt() once its element is off the page
 }
 
 function chain(proto, name, fn) {
@@ -326,8 +348,9 @@ app.registerExtension({
   },
 
   loadedGraphNode(node) {
-    // ids are final once a workflow is configured: pick up the node's jobs
-    if (node.__unziplora) bind(node.__unziplora);
+    // ids are final once a workflow is configured: pick up the node's jobs (and hand panels still on the page
+    // to their heirs, see adopt)
+    if (node.__unziplora) bindAll();
   },
 
   async setup() {
