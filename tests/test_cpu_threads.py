@@ -59,3 +59,17 @@ def test_a_running_thread_keeps_its_own_count():
         assert torch.get_num_threads() == before
     finally:
         torch.set_num_threads(before)
+
+
+def test_bad_value_fails_before_a_job_exists(tmp_path, monkeypatch):
+    """Read when the node starts the job: the prompt fails on the node and no job is queued."""
+    from unziplora_pack.training.config import TrainConfig
+    from unziplora_pack.training.jobs import JobManager
+    from unziplora_pack.training.service import OutputDirs, TrainingService
+
+    monkeypatch.setenv(CPU_THREADS_ENV, "lots")
+    svc = TrainingService(JobManager(None), OutputDirs(*(str(tmp_path / d) for d in ("l", "b", "c"))),
+                          device=torch.device("cpu"))
+    with pytest.raises(ValueError, match=CPU_THREADS_ENV):
+        svc.start(None, TrainConfig(steps=8, resolution=64), "x")
+    assert svc.manager.list() == []

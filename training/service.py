@@ -49,7 +49,7 @@ def cpu_training_threads(environ=os.environ) -> int:
     The job thread shares the machine with ComfyUI's threads, and the prompt thread's OpenMP team (it ran CLIP
     and the VAE) stays alive beside the job's. With every core in the job's team its barriers wait on cores
     held elsewhere: on the 2-core CI machine a 128 px step of the tiny checkpoint took 1.28 s (median, up to
-    3.2 s) with 2 threads and 0.91 s with 1 (bench/bench_cpu_threads.py); in the live server 1.2-2.1 s against
+    3.2 s) with 2 threads and 0.91 s with 1 (bench/bench_cpu_threads.py); in the live server 1.2-3.0 s against
     0.9-1.0 s.
     """
     raw = environ.get(CPU_THREADS_ENV, "").strip()
@@ -89,10 +89,13 @@ class TrainingService:
               node_id: str | None = None, resume_job: JobRecord | None = None, base_name: str = "",
               workflow_id: str | None = None) -> JobRecord:
         config.validate()
+        # read here, not in the job: a bad UNZIPLORA_CPU_THREADS fails the prompt, on the node, before any job
+        cpu_threads = cpu_training_threads() if (self.device or default_device()).type == "cpu" else None
         with self._names_lock:
             final_name = output_names(self.dirs, name, reserved=self.reserved_names())
             info = dict(inputs.info, output_name=final_name, requested_name=name, mode=config.mode,
-                        node_id=node_id, workflow_id=workflow_id, base_model=base_name, config=config.to_json())
+                        node_id=node_id, workflow_id=workflow_id, base_model=base_name, config=config.to_json(),
+                        cpu_threads=cpu_threads)
             info["planned_outputs"] = {
                 "content": os.path.join(self.dirs.loras, f"{final_name}_content.safetensors"),
                 "style": os.path.join(self.dirs.loras, f"{final_name}_style.safetensors"),
@@ -108,12 +111,10 @@ class TrainingService:
     def _work(self, inputs: TrainInputs, config: TrainConfig, name: str, base_name: str, resume_from: str | None):
         def work(ctx: JobContext) -> dict:
             device = self.device or default_device()
-            if device.type == "cpu":
+            if ctx.job.info.get("cpu_threads"):
                 # OpenMP/MKL keep the count per thread: ComfyUI's prompt thread, which has run torch ops before
                 # any job starts, keeps its own
-                threads = cpu_training_threads()
-                torch.set_num_threads(threads)
-                ctx.job.info["cpu_threads"] = threads
+                torch.set_num_threads(ctx.job.info["cpu_threads"])
             checkpoint_dir = os.path.join(self.dirs.checkpoints, ctx.job.id)
             trainer = Trainer(inputs, config, device=device, checkpoint_dir=checkpoint_dir)
             if resume_from:

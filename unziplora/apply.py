@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from . import kv_patch
 from .lora_formats import shapes_from_model
 from .pair import SIDES, ContentStyleHandle, PairSide
-from .targets import find_targets
+from .targets import find_targets, kv_slots
 
 APPLY_MODES = ("both", "content", "style")
 
@@ -96,11 +96,7 @@ class InferencePair:
         self._sides = {p: f for p, f in self._sides.items() if self.targets[p].is_cross_kv}
 
     def kv_slots(self) -> dict[tuple, dict[str, InferenceDual]]:
-        slots: dict[tuple, dict[str, InferenceDual]] = {}
-        for path, t in self.targets.items():
-            if t.is_cross_kv:
-                slots.setdefault(t.transformer_key, {})[t.projection] = self.dual(path)
-        return slots
+        return kv_slots(self.targets, self.dual)
 
 
 def lora_patches(side: PairSide) -> dict:

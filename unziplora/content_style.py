@@ -18,7 +18,7 @@ from torch import nn
 
 from .dual_lora import SIDES, DualLoRA
 from .roles import ModePreset, get_mode
-from .targets import AttnTarget, find_targets, unet_of
+from .targets import AttnTarget, find_targets, kv_slots, unet_of
 
 
 def module_key(path: str) -> str:
@@ -82,11 +82,7 @@ class ContentStyleLoRA(nn.Module):
 
     def kv_slots(self) -> dict[tuple, dict[str, DualLoRA]]:
         """ComfyUI transformer key -> {"to_k": DualLoRA, "to_v": DualLoRA} for the attn2 K/V patches."""
-        slots: dict[tuple, dict[str, DualLoRA]] = {}
-        for path, t in self.targets.items():
-            if t.is_cross_kv:
-                slots.setdefault(t.transformer_key, {})[t.projection] = self.dual(path)
-        return slots
+        return kv_slots(self.targets, self.dual)
 
     def _sides(self, side: str | None = None):
         for _, _, dual in self.items():

@@ -91,3 +91,13 @@ def find_targets(model) -> list[AttnTarget]:
 def blocks_of(targets) -> list[str]:
     """Distinct SpatialTransformer paths, in order."""
     return list(dict.fromkeys(t.block for t in targets))
+
+
+def kv_slots(targets: dict, dual_of) -> dict[tuple, dict]:
+    """ComfyUI transformer key -> {"to_k": dual, "to_v": dual} over the attn2 K/V targets (path -> AttnTarget),
+    for the K/V patches; dual_of(path) gives the layer's dual LoRA (trainable or loaded from files)."""
+    slots: dict[tuple, dict] = {}
+    for path, t in targets.items():
+        if t.is_cross_kv:
+            slots.setdefault(t.transformer_key, {})[t.projection] = dual_of(path)
+    return slots
