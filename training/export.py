@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import glob
+import os
 from dataclasses import asdict
 
 from ..unziplora.columns import effective_mask
 from ..unziplora.lora_files import RunInfo, save_unziplora, unique_name
+from ..unziplora.model_card import thumbnail_data_uri
 
 BUNDLE_EXT = ".safetensors"
+# modelspec.author of every file a run writes. A setting of the machine rather than a node input: it names the
+# person running ComfyUI, the same for all their runs (and a node input would be saved into shared workflows).
+AUTHOR_ENV = "UNZIPLORA_AUTHOR"
+# which preview shows each file: a LoRA alone is previewed by its own side's sample, the bundle by the combined one
+_PREVIEW_KIND = {"content": "content", "style": "style", "bundle": "combined"}
 
 
 def output_names(dirs, name: str, reserved=()) -> str:
@@ -28,12 +36,36 @@ def split_run(lora):
     return factors, mergers, masks
 
 
-def export_run(result, config, dirs, name: str, inputs, base_name: str = "") -> dict:
+def thumbnails(preview_dir: str | None, fallback) -> dict:
+    """{"content"|"style"|"bundle": data URI}: the run's last preview of each kind, else the training image
+    (what the pair learnt to recreate; runs without previews still get a recognisable thumbnail)."""
+    out = {}
+    for target, kind in _PREVIEW_KIND.items():
+        found = sorted(glob.glob(os.path.join(glob.escape(preview_dir), f"step_*_{kind}.png"))) if preview_dir else []
+        source = found[-1] if found else None
+        try:
+            if source:
+                from PIL import Image
+
+                with Image.open(source) as im:
+                    out[target] = thumbnail_data_uri(im)
+            elif fallback is not None:
+                out[target] = thumbnail_data_uri(fallback)
+        except (OSError, ValueError):
+            pass  # a thumbnail is a nicety: an unreadable preview never fails the export of a finished run
+    return out
+
+
+def export_run(result, config, dirs, name: str, inputs, base_name: str = "", *, started_at: float | None = None,
+               preview_dir: str | None = None) -> dict:
     factors, mergers, masks = split_run(result.lora)
     info = RunInfo(prompt=inputs.info.get("prompt", ""), content_prompt=inputs.info.get("content_prompt", ""),
                    style_prompt=inputs.info.get("style_prompt", ""), mode=config.mode,
                    hyperparameters=asdict(config), steps_done=result.steps_done, base_model_name=base_name,
-                   base_model_hash=inputs.base_fingerprint, resolution=config.resolution)
+                   base_model_hash=inputs.base_fingerprint, resolution=config.resolution,
+                   author=os.environ.get(AUTHOR_ENV, "").strip(), training_started_at=started_at,
+                   images=int(inputs.info.get("images", 1)),
+                   thumbnails=thumbnails(preview_dir, getattr(inputs, "thumbnail", None)))
     saved = save_unziplora(dirs.loras, name, factors["content"], factors["style"], info, mergers=mergers,
                            masks=masks, bundle_directory=dirs.bundles)
     return {"name": saved.name, "content": saved.content, "style": saved.style, "bundle": saved.bundle}

@@ -47,6 +47,7 @@ class TrainInputs:
     base_fingerprint: str = ""
     info: dict = field(default_factory=dict)
     preview: object | None = None  # previews.PreviewInputs when previews were asked for
+    thumbnail: object | None = None  # the first training image, small (uint8 HxWx3): the files' fallback thumbnail
 
 
 @dataclass

@@ -64,4 +64,15 @@ def prepare_inputs(model_patcher, clip, vae, image: torch.Tensor, prompt: str, c
     info = {"prompt": prompt, "content_prompt": content_prompt, "style_prompt": style_prompt,
             "images": int(posteriors.mean.shape[0])}
     return TrainInputs(unet=unet, streams=streams, posteriors=posteriors, adm=adm, base_fingerprint=fp, info=info,
-                       preview=preview)
+                       preview=preview, thumbnail=small_image(image))
+
+
+def small_image(image: torch.Tensor, side: int = 512):
+    """The first image of an IMAGE batch as a uint8 array, its shorter side at most `side` px (a copy: the
+    graph's tensor may be freed once the node returns)."""
+    import numpy as np
+
+    first = image[0, ..., :3].detach().float().cpu()
+    h, w = first.shape[:2]
+    step = max(1, min(h, w) // side)
+    return (first[::step, ::step].clamp(0, 1).numpy() * 255.0).round().astype(np.uint8)

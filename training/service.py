@@ -132,6 +132,7 @@ class TrainingService:
                 inputs.unet.to("cpu")
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
-            return export_run(result, config, self.dirs, name, inputs, base_name=base_name)
+            return export_run(result, config, self.dirs, name, inputs, base_name=base_name,
+                              started_at=ctx.job.started, preview_dir=renderer.out_dir if renderer else None)
 
         return work

@@ -21,11 +21,12 @@ import re
 import threading
 import uuid
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
 from .lora_formats import LoRAWeights
+from .model_card import describe_run, usage_hint
 from .safe_load import load_tensors
 
 CONTENT_SUFFIX = "_content.safetensors"
@@ -101,6 +102,12 @@ class RunInfo:
     base_model_hash: str = ""
     resolution: int | None = 1024
     pack_version: str | None = None
+    author: str = ""  # modelspec.author; the training layer fills it from a setting (UNZIPLORA_AUTHOR)
+    tags: Sequence[str] = ()  # extra modelspec.tags beyond the pack's own
+    training_started_at: float | None = None  # unix time, as kohya writes ss_training_started_at
+    images: int = 1  # how many training images (ss_dataset_dirs' img_count)
+    dataset_name: str = ""  # ss_dataset_dirs' key; default: the run's name
+    thumbnails: dict = field(default_factory=dict)  # {"content"|"style"|"bundle": data URI}: modelspec.thumbnail
 
     def trigger(self, role: str) -> str:
         if role == "content":
@@ -137,8 +144,12 @@ def _common_metadata(info: RunInfo) -> dict[str, str]:
 
 
 def lora_metadata(role: str, info: RunInfo, *, rank: int, title: str | None = None, partner_file: str = "",
-                  bundle_file: str = "") -> dict[str, str]:
-    """safetensors metadata for one LoRA: SAI model spec + kohya ss_* (what A1111/Forge/Civitai read) + unziplora.*"""
+                  bundle_file: str = "", output_name: str | None = None) -> dict[str, str]:
+    """safetensors metadata for one LoRA: SAI model spec + kohya ss_* (what A1111/Forge/Civitai read) + unziplora.*
+
+    output_name: the file's stem ("cat_content"); kohya writes it as ss_output_name and A1111 uses it as the
+    LoRA's alias in <lora:alias:1>, so it must be a name that file lists match.
+    """
     if role not in SIDES:
         raise ValueError(f"role must be 'content' or 'style', got {role!r}")
     trigger = info.trigger(role)
@@ -159,16 +170,22 @@ def lora_metadata(role: str, info: RunInfo, *, rank: int, title: str | None = No
         "ss_base_model_version": BASE_MODEL_VERSION,
         "ss_sd_model_name": info.base_model_name,
         "ss_steps": str(int(info.steps_done)),
-        "ss_output_name": title or f"UnZipLoRA {role}",
+        "ss_output_name": output_name or title or f"UnZipLoRA {role}",
         "ss_training_comment": f"UnZipLoRA ({info.mode}) {role} LoRA; trained with '{info.prompt}'",
         # kohya's tag table: A1111's LoRA card shows these as the training tags
         "ss_tag_frequency": json.dumps({"unziplora": {trigger: 1}}),
+        # comma-separated, as ComfyUI's model library and kohya write them
+        "modelspec.tags": ", ".join(dict.fromkeys(["unziplora", role, info.mode, "sdxl", "lora", *info.tags])),
+        "modelspec.usage_hint": usage_hint(role, info),
         "unziplora.role": role,
         "unziplora.partner_lora": partner_file,
         "unziplora.bundle": bundle_file,
     }
     if info.resolution:
         meta["modelspec.resolution"] = f"{int(info.resolution)}x{int(info.resolution)}"
+    if info.thumbnails.get(role):
+        meta["modelspec.thumbnail"] = info.thumbnails[role]
+    meta.update(describe_run(info))
     meta.update(_common_metadata(info))
     return meta
 
@@ -193,6 +210,10 @@ def bundle_metadata(info: RunInfo, *, content_file: str, style_file: str, rank: 
         "unziplora.style_lora": os.path.basename(style_file),
         "unziplora.rank": str(int(rank)),
     }
+    if info.thumbnails.get("bundle"):
+        meta["modelspec.thumbnail"] = info.thumbnails["bundle"]
+    if info.author:
+        meta["modelspec.author"] = info.author
     meta.update(_common_metadata(info))
     return meta
 
@@ -354,12 +375,15 @@ def save_unziplora(directory: str, name: str, content: Mapping, style: Mapping, 
     bundle_suffix = BUNDLE_SUFFIX if bundle_directory is None else ".safetensors"
     with _LOCK:
         stem = unique_name(directory, name, also=[(bundle_dir, bundle_suffix)])
+        info = replace(info, dataset_name=info.dataset_name or stem)
         c_file, s_file, b_file = stem + CONTENT_SUFFIX, stem + STYLE_SUFFIX, stem + bundle_suffix
         files = [
             (os.path.join(directory, c_file), content_sd,
-             lora_metadata("content", info, rank=rank, title=f"{stem} content", partner_file=s_file, bundle_file=b_file)),
+             lora_metadata("content", info, rank=rank, title=f"{stem} content", partner_file=s_file, bundle_file=b_file,
+                           output_name=os.path.splitext(c_file)[0])),
             (os.path.join(directory, s_file), style_sd,
-             lora_metadata("style", info, rank=rank, title=f"{stem} style", partner_file=c_file, bundle_file=b_file)),
+             lora_metadata("style", info, rank=rank, title=f"{stem} style", partner_file=c_file, bundle_file=b_file,
+                           output_name=os.path.splitext(s_file)[0])),
             # last: a bundle on disk implies both LoRAs are there, even after a crash mid-rename
             (os.path.join(bundle_dir, b_file), extra,
              bundle_metadata(info, content_file=c_file, style_file=s_file, rank=rank)),
