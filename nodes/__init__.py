@@ -5,6 +5,7 @@ from __future__ import annotations
 from comfy_api.latest import ComfyExtension, io
 
 from .apply import UnZipLoRAApply
+from .inspect import UnZipLoRAInspect
 from .loaders import UnZipLoRALoader, UnZipLoRALoadBLoRA, UnZipLoRALoadFiles
 from .prompts import UnZipLoRAPrompts
 from .routes import register_routes
@@ -15,7 +16,7 @@ from .train import UnZipLoRATrain
 class UnZipLoRAExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
         return [UnZipLoRATrain, UnZipLoRALoader, UnZipLoRALoadFiles, UnZipLoRALoadBLoRA, UnZipLoRAApply,
-                UnZipLoRAPrompts]
+                UnZipLoRAPrompts, UnZipLoRAInspect]
 
 
 def make_extension() -> UnZipLoRAExtension:
