@@ -10,13 +10,14 @@ from .loaders import UnZipLoRALoader, UnZipLoRALoadBLoRA, UnZipLoRALoadFiles
 from .prompts import UnZipLoRAPrompts
 from .routes import register_routes
 from .runtime import register_folders
+from .score import UnZipLoRAScore
 from .train import UnZipLoRATrain
 
 
 class UnZipLoRAExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
         return [UnZipLoRATrain, UnZipLoRALoader, UnZipLoRALoadFiles, UnZipLoRALoadBLoRA, UnZipLoRAApply,
-                UnZipLoRAPrompts, UnZipLoRAInspect]
+                UnZipLoRAPrompts, UnZipLoRAInspect, UnZipLoRAScore]
 
 
 def make_extension() -> UnZipLoRAExtension:

@@ -88,7 +88,7 @@ def _row_height(n_linears: int) -> tuple[int, int]:
 
 
 def _pct(x) -> str:
-    return "–" if x is None else f"{100 * x:.0f}%"
+    return "-" if x is None else f"{100 * x:.0f}%"
 
 
 def render_pair_map(pm: PairMap) -> Image.Image:
@@ -152,7 +152,7 @@ def render_pair_map(pm: PairMap) -> Image.Image:
         if pm.has_masks:
             line = f"{_pct(block.kept.get('content'))} / {_pct(block.kept.get('style'))} · {_pct(block.overlap)}"
             d.text((SUMMARY_X, y + 2), line, fill=FG, font=f_text)
-        norms = " / ".join(f"{block.delta_norm[s]:.3g}" if s in block.delta_norm else "–" for s in SIDES)
+        norms = " / ".join(f"{block.delta_norm[s]:.3g}" if s in block.delta_norm else "-" for s in SIDES)
         d.text((SUMMARY_X, y + 26), f"||BA|| {norms}", fill=FG, font=f_small)
         for k, side in enumerate(SIDES):
             if side in block.delta_norm:
