@@ -171,3 +171,25 @@ def test_node_returns_image_and_summary(tmp_path, monkeypatch):
         from PIL import Image
 
         Image.fromarray((image[0].numpy() * 255).astype(np.uint8)).save(save)
+
+
+@pytest.mark.parametrize("module, name", [("inspect", "UnZipLoRAInspect"), ("score", "UnZipLoRAScore")])
+def test_schema_tooltips_help_page_and_registration(pack, module, name):
+    import asyncio
+    import importlib
+    from pathlib import Path
+
+    cls = getattr(importlib.import_module(f"unziplora_pack.nodes.{module}"), name)
+    schema = cls.GET_SCHEMA()
+    assert schema.node_id == name and schema.category.startswith("UnZipLoRA/")
+    assert all(i.tooltip for i in schema.inputs + schema.outputs), name
+    assert all(o.display_name or o.id for o in schema.outputs)
+    page = Path(pack.__file__).parent / "web" / "docs" / f"{name}.md"
+    text = page.read_text(encoding="utf-8")
+    for i in schema.inputs + schema.outputs:
+        assert f"`{i.id}`" in text, f"{page.name} does not document {i.id}"
+
+    async def listed():
+        return [c.__name__ for c in await (await pack.comfy_entrypoint()).get_node_list()]
+
+    assert name in asyncio.run(listed())
