@@ -114,3 +114,17 @@ def test_lora_metadata_trigger_and_tags_follow_the_run():
     assert meta["modelspec.usage_hint"].startswith("Trigger: sketch style.")
     assert meta["modelspec.tags"] == "unziplora, style, column, sdxl, lora, cats"
     assert "modelspec.thumbnail" not in meta  # none given: none written
+
+
+def test_training_image_thumbnail_source_is_a_small_copy():
+    import torch
+
+    from unziplora_pack.training.prepare import small_image
+
+    batch = torch.zeros(2, 1100, 1500, 4)
+    batch[0, ..., 0] = 1.0  # the first image is red; the second (black) must not be used
+    small = small_image(batch)
+    assert small.dtype == np.uint8 and small.shape == (550, 750, 3)
+    assert (small[..., 0] == 255).all() and (small[..., 1:] == 0).all()
+    batch[0] = 0.0
+    assert (small[..., 0] == 255).all()  # a copy: the graph's tensor may change or be freed later
