@@ -87,6 +87,10 @@ def _row_height(n_linears: int) -> tuple[int, int]:
     return lh, max(MIN_ROW, lh * n_linears)
 
 
+def _num(v: float) -> str:
+    return f"{v:.0f}" if v >= 1000 else f"{v:.3g}"  # never "1.53e+03" next to "841"
+
+
 def _pct(x) -> str:
     return "-" if x is None else f"{100 * x:.0f}%"
 
@@ -152,7 +156,7 @@ def render_pair_map(pm: PairMap) -> Image.Image:
         if pm.has_masks:
             line = f"{_pct(block.kept.get('content'))} / {_pct(block.kept.get('style'))} · {_pct(block.overlap)}"
             d.text((SUMMARY_X, y + 2), line, fill=FG, font=f_text)
-        norms = " / ".join(f"{block.delta_norm[s]:.3g}" if s in block.delta_norm else "-" for s in SIDES)
+        norms = " / ".join(_num(block.delta_norm[s]) if s in block.delta_norm else "-" for s in SIDES)
         d.text((SUMMARY_X, y + 26), f"||BA|| {norms}", fill=FG, font=f_small)
         for k, side in enumerate(SIDES):
             if side in block.delta_norm:
