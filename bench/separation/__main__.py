@@ -1,0 +1,139 @@
+"""Synthetic content x style separation benchmark, end to end (a benchmark, never part of the test suite).
+
+    .venv/bin/python -m bench.separation                      # full size; cached stages are reused
+    .venv/bin/python -m bench.separation --preset toy         # seconds: the smoke test's size
+    .venv/bin/python -m bench.separation --write-results      # also replace our section of bench/RESULTS.md
+
+Stages (each cached under ~/.cache/unziplora-dev/separation/, keyed by its settings, fixed seeds):
+the base model of the world (bench/separation/base.py), the classifiers (classify.py), then per held-out pair,
+mode and seed one LoRA pair trained and used through the pack's own code (experiment.py), the table (report.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import torch
+
+from . import world
+from .base import BaseConfig
+from .experiment import MODES, LoraConfig, SampleConfig
+from .env import REPO, cache_dir, setup
+
+SECTION = "## Separation benchmark (synthetic content × style)"
+
+PRESETS = {
+    "toy": dict(base=BaseConfig(steps=6, batch=4), classifier_steps=8, pairs=2, seeds=(0,),
+                lora=LoraConfig(steps=3, rank=4), sample=SampleConfig(steps=2, per_prompt=1, others=1)),
+    "full": dict(base=BaseConfig(), classifier_steps=400, pairs=6, seeds=(0,),
+                 lora=LoraConfig(), sample=SampleConfig()),
+}
+
+
+def run(preset: str = "full", cache: Path | None = None, pairs: int | None = None, seeds=None, modes=MODES,
+        lora: LoraConfig | None = None, log=print) -> dict:
+    setup()
+    from . import base as base_mod
+    from . import classify, experiment, report
+
+    p = PRESETS[preset]
+    cache = Path(cache) if cache else cache_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    lcfg = lora or p["lora"]
+    scfg = p["sample"]
+    seeds = tuple(seeds) if seeds else p["seeds"]
+    used = world.HELD_OUT[: pairs or p["pairs"]]
+    t0 = time.time()
+    encoder = world.WordEncoder()
+    base_patcher, base_info = base_mod.load_or_train(p["base"], encoder, cache, log)
+    models, acc = classify.load_or_train(p["base"].size, p["classifier_steps"], cache, log)
+    clip = experiment.WorldClip(encoder, p["base"].size)
+    comp = {"train pairs": experiment.composition(base_patcher, clip, models, p["base"].size, scfg, 7,
+                                                  world.TRAIN_PAIRS[:: max(1, len(world.TRAIN_PAIRS) // 6)]),
+            "held-out pairs": experiment.composition(base_patcher, clip, models, p["base"].size, scfg, 8,
+                                                     world.HELD_OUT)}
+    log(f"[base] composition: {json.dumps(comp)}")
+    out = experiment.run_all(base_patcher, encoder, models, used, modes, lcfg, scfg, p["base"].size, seeds, log)
+    table = report.markdown_table(out["records"])
+    result = {"preset": preset, "base": base_info, "base_config": asdict(p["base"]), "classifiers": acc,
+              "composition": comp, "lora": asdict(lcfg), "sample": asdict(scfg), "pairs": used, "seeds": seeds,
+              "timing_s": {m: round(report.mean(v), 1) for m, v in out["timing"].items()},
+              "records": out["records"], "table": table, "seconds": round(time.time() - t0, 1)}
+    (cache / f"results_{preset}.json").write_text(json.dumps(result))
+    return result
+
+
+def section_text(result: dict, command: str) -> str:
+    acc, comp = result["classifiers"], result["composition"]
+    b = result["base_config"]
+    lines = [
+        SECTION, "",
+        f"Command: `{command}` (total {result['seconds']:.0f} s on this machine, cached stages reused).", "",
+        f"- World: {len(world.SHAPES)} shapes × {len(world.STYLES)} styles at {b['size']}×{b['size']} px, latent = "
+        "the image (R, G, B, luma in -1..1; no autoencoder). Held-out pairs (never captioned together in base "
+        f"training): {', '.join(f'{s}/{y}' for s, y in world.HELD_OUT)}.",
+        f"- Base model: ComfyUI SDXL UNet (same block names and attention layout), model_channels "
+        f"{b['model_channels']}, {result['base']['params_M']} M parameters, {b['steps']} steps × batch {b['batch']} "
+        f"from scratch in {result['base']['seconds']:.0f} s, final loss {result['base']['final_loss']}.",
+        f"- Composition of the base model (per-word frozen embeddings), both factors right: train pairs "
+        f"{comp['train pairs']['both']:.2f} (shape {comp['train pairs']['shape']:.2f}, style "
+        f"{comp['train pairs']['style']:.2f}), held-out pairs {comp['held-out pairs']['both']:.2f} (shape "
+        f"{comp['held-out pairs']['shape']:.2f}, style {comp['held-out pairs']['style']:.2f}).",
+        f"- Classifiers, held-out renders: content {acc['content']:.3f}, style {acc['style']:.3f} "
+        f"({acc['test_images']} images).",
+        f"- LoRA runs: {result['lora']['steps']} steps, rank {result['lora']['rank']}, lr {result['lora']['lr']}, "
+        f"pairs {len(result['pairs'])}, seeds {list(result['seeds'])}; sampling {result['sample']['steps']} steps "
+        f"{result['sample']['sampler']}/{result['sample']['scheduler']} cfg {result['sample']['cfg']}, "
+        f"{result['sample']['per_prompt']} images per prompt. Seconds per run: "
+        + ", ".join(f"{m} {s}" for m, s in result["timing_s"].items()) + ".",
+        "",
+        result["table"], "",
+    ]
+    return "\n".join(lines)
+
+
+def write_section(text: str, path: Path = REPO / "bench" / "RESULTS.md") -> None:
+    """Replace our section (from its heading to the next '## ' heading) or append it."""
+    old = path.read_text() if path.exists() else "# Benchmark results\n"
+    start = old.find(SECTION)
+    if start < 0:
+        new = old.rstrip("\n") + "\n\n" + text
+    else:
+        nxt = old.find("\n## ", start + len(SECTION))
+        new = old[:start] + text + ("" if nxt < 0 else old[nxt + 1:])
+    path.write_text(new.rstrip("\n") + "\n")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--preset", choices=sorted(PRESETS), default="full")
+    ap.add_argument("--cache", type=Path, default=None, help=f"cache folder (default {cache_dir()})")
+    ap.add_argument("--pairs", type=int, default=None, help=f"held-out pairs to decompose (1-{len(world.HELD_OUT)})")
+    ap.add_argument("--seeds", type=int, nargs="*", default=None, help="training seeds")
+    ap.add_argument("--modes", nargs="*", default=list(MODES), choices=MODES)
+    ap.add_argument("--lora-steps", type=int, default=None)
+    ap.add_argument("--lora-lr", type=float, default=None)
+    ap.add_argument("--lora-rank", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (the machine is shared)")
+    ap.add_argument("--write-results", action="store_true", help="replace our section of bench/RESULTS.md")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    lora = PRESETS[args.preset]["lora"]
+    for name, value in (("steps", args.lora_steps), ("lr", args.lora_lr), ("rank", args.lora_rank)):
+        if value is not None:
+            lora = replace(lora, **{name: value})
+    result = run(args.preset, args.cache, args.pairs, args.seeds, tuple(args.modes), lora)
+    print(result["table"])
+    if args.write_results:
+        command = ".venv/bin/python -m bench.separation " + " ".join(sys.argv[1:] if argv is None else argv)
+        write_section(section_text(result, command.strip()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
