@@ -28,9 +28,9 @@ from .env import REPO, cache_dir, setup
 SECTION = "## Separation benchmark (synthetic content × style)"
 
 PRESETS = {
-    "toy": dict(base=BaseConfig(steps=6, batch=4), classifier_steps=8, pairs=2, seeds=(0,),
-                lora=LoraConfig(steps=3, rank=4), sample=SampleConfig(steps=2, per_prompt=1, others=1)),
-    "full": dict(base=BaseConfig(), classifier_steps=400, pairs=6, seeds=(0,),
+    "toy": dict(base=BaseConfig(steps=2, batch=2), classifier_steps=2, pairs=2, seeds=(0,), composition=2,
+                lora=LoraConfig(steps=2, rank=4), sample=SampleConfig(steps=1, per_prompt=1, others=1)),
+    "full": dict(base=BaseConfig(), classifier_steps=400, pairs=6, seeds=(0,), composition=6,
                  lora=LoraConfig(), sample=SampleConfig()),
 }
 
@@ -49,14 +49,15 @@ def run(preset: str = "full", cache: Path | None = None, pairs: int | None = Non
     seeds = tuple(seeds) if seeds else p["seeds"]
     used = world.HELD_OUT[: pairs or p["pairs"]]
     t0 = time.time()
-    encoder = world.WordEncoder()
+    encoder = world.WordEncoder(tokens=p["base"].tokens)
     base_patcher, base_info = base_mod.load_or_train(p["base"], encoder, cache, log)
     models, acc = classify.load_or_train(p["base"].size, p["classifier_steps"], cache, log)
     clip = experiment.WorldClip(encoder, p["base"].size)
+    k = p["composition"]
     comp = {"train pairs": experiment.composition(base_patcher, clip, models, p["base"].size, scfg, 7,
-                                                  world.TRAIN_PAIRS[:: max(1, len(world.TRAIN_PAIRS) // 6)]),
+                                                  world.TRAIN_PAIRS[:: len(world.TRAIN_PAIRS) // k][:k]),
             "held-out pairs": experiment.composition(base_patcher, clip, models, p["base"].size, scfg, 8,
-                                                     world.HELD_OUT)}
+                                                     world.HELD_OUT[:k])}
     log(f"[base] composition: {json.dumps(comp)}")
     out = experiment.run_all(base_patcher, encoder, models, used, modes, lcfg, scfg, p["base"].size, seeds, log)
     table = report.markdown_table(out["records"])

@@ -46,13 +46,14 @@ UNET_CONFIG = {
 class BaseConfig:
     size: int = 16  # image = latent side, pixels
     model_channels: int = 32
-    steps: int = 1500
+    steps: int = 1000
     batch: int = 24
     lr: float = 8e-4
     seed: int = 0
     drop_shape: float = 0.1  # caption without the shape word
     drop_style: float = 0.1  # caption without the style
     drop_all: float = 0.1  # empty caption (the unconditional branch of CFG)
+    tokens: int = 8  # context length (world.WordEncoder)
 
     def key(self) -> str:
         return "base_" + "_".join(f"{k}{v}" for k, v in asdict(self).items())
