@@ -54,6 +54,7 @@ class BaseConfig:
     drop_style: float = 0.1  # caption without the style
     drop_all: float = 0.1  # empty caption (the unconditional branch of CFG)
     tokens: int = 8  # context length (world.WordEncoder)
+    stop_at: int = 0  # stop after this many steps of the `steps`-long schedule (0 = run it all)
 
     def key(self) -> str:
         return "base_" + "_".join(f"{k}{v}" for k, v in asdict(self).items())
@@ -133,7 +134,7 @@ def train_base(cfg: BaseConfig, encoder: world.WordEncoder, log=print, on_checkp
     rng = torch.Generator().manual_seed(cfg.seed)
     cache: dict[str, tuple] = {}
     t0, losses = time.time(), []
-    for step in range(cfg.steps):
+    for step in range(cfg.stop_at or cfg.steps):
         pairs = world.random_pairs(cfg.batch, seed=cfg.seed * 1_000_003 + step, pairs=world.TRAIN_PAIRS)
         rgb, _, _ = world.batch(pairs, cfg.size, seed=cfg.seed * 7_000_001 + step)
         x0 = world.to_latent(rgb)
@@ -161,7 +162,7 @@ def train_base(cfg: BaseConfig, encoder: world.WordEncoder, log=print, on_checkp
         if on_checkpoint is not None and (step + 1) % 250 == 0:
             on_checkpoint(step + 1, unet)
     unet.eval()
-    info = {"steps": cfg.steps, "seconds": round(time.time() - t0, 1), "final_loss": round(
+    info = {"steps": step + 1, "seconds": round(time.time() - t0, 1), "final_loss": round(
         sum(losses[-100:]) / len(losses[-100:]), 4), "params_M": round(sum(p.numel() for p in unet.parameters()) / 1e6, 2)}
     return patcher, info
 

@@ -195,8 +195,9 @@ def composition(base_patcher, clip, models, size, scfg, seed, pairs) -> dict:
     return {"both": hits / n, "shape": shape_hits / n, "style": style_hits / n, "images": n}
 
 
-def run_all(base_patcher, encoder, models, pairs_used, modes, lcfg, scfg, size, seeds, log=print) -> dict:
-    """{mode: [probe records]} plus 'base' and timing."""
+def run_all(base_patcher, encoder, models, pairs_used, modes, lcfg, scfg, size, seeds, log=print,
+            on_mode_done=None) -> dict:
+    """{mode: [probe records]} plus 'base' and timing; on_mode_done(partial result) after each mode."""
     from .classify import predict
 
     clip = WorldClip(encoder, size)
@@ -213,7 +214,7 @@ def run_all(base_patcher, encoder, models, pairs_used, modes, lcfg, scfg, size, 
 
     for seed in seeds:
         for shape, style in pairs_used:
-            record("base", seed, (shape, style), base_probes(None or base_patcher, clip, shape, style, size, scfg,
+            record("base", seed, (shape, style), base_probes(base_patcher, clip, shape, style, size, scfg,
                                                              seed * 1000))
     with tempfile.TemporaryDirectory(prefix="separation-") as tmp:
         for mode in modes:
@@ -231,6 +232,8 @@ def run_all(base_patcher, encoder, models, pairs_used, modes, lcfg, scfg, size, 
                     probes = probes_for(base_patcher, clip, handles[i], other_h, shape, style, pairs_used[j], size,
                                         scfg, seed * 1000 + 17 * i)
                     record(mode, seed, (shape, style), probes)
+            if on_mode_done is not None:
+                on_mode_done({"records": {m: r for m, r in records.items() if r}, "timing": timing})
     return {"records": records, "timing": timing}
 
 

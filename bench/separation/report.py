@@ -57,3 +57,49 @@ def markdown_table(records_by_mode: dict) -> str:
 
 def mean(values) -> float:
     return sum(values) / len(values) if values else float("nan")
+
+
+# (claim from the paper, column, lower is better?, modes compared: first should beat the second)
+CLAIMS = (
+    ("Content LoRA alone leaks less of the training style than naive joint training (M3 vs baseline)",
+     "content alone: style leak", True, ("unziplora", "naive")),
+    ("Style LoRA alone leaks less of the training content than naive (M3 vs baseline)",
+     "style alone: shape leak", True, ("unziplora", "naive")),
+    ("Prompt separation alone (M1) already reduces style leak in the content LoRA",
+     "content alone: style leak", True, ("prompt", "naive")),
+    ("Column separation (M2) adds to prompt separation (less style leak than M1)",
+     "content alone: style leak", True, ("column", "prompt")),
+    ("Block separation (M3) adds to column separation (less style leak than M2)",
+     "content alone: style leak", True, ("unziplora", "column")),
+    ("UnZipLoRA separates content better than B-LoRA (less style leak)",
+     "content alone: style leak", True, ("unziplora", "blora")),
+    ("The content LoRA keeps the subject under a new style prompt (M3 at least as well as naive)",
+     "content alone: shape kept", False, ("unziplora", "naive")),
+    ("Both LoRAs together recreate the image (M3 at least as well as naive)",
+     "both: recreated", False, ("unziplora", "naive")),
+    ("Content of one image and style of another combine (M3 better than naive)",
+     "crossed: A's shape + B's style", False, ("unziplora", "naive")),
+)
+
+
+def claims_table(records_by_mode: dict) -> str:
+    """The paper's qualitative claims next to the numbers measured here; 'holds' needs the difference to exceed
+    the larger of the two spreads divided by sqrt(units) (about one standard error), else 'not shown'."""
+    cells = summary(records_by_mode)
+    rows = ["| paper's claim | measured here | verdict |", "|---|---|---|"]
+    for text, col, lower, (a, b) in CLAIMS:
+        if a not in cells or b not in cells or not cells[a][col] or not cells[b][col]:
+            continue
+        va, vb = cells[a][col], cells[b][col]
+        ma, mb = mean(va), mean(vb)
+        n = min(len(va), len(vb))
+        se = max(statistics.pstdev(va), statistics.pstdev(vb)) / max(1, n) ** 0.5
+        better = (mb - ma) if lower else (ma - mb)
+        if better > max(se, 1e-9):
+            verdict = "holds"
+        elif -better > max(se, 1e-9):
+            verdict = "reversed"
+        else:
+            verdict = "not shown"
+        rows.append(f"| {text} | {col}: {a} {ma:.2f} vs {b} {mb:.2f} | {verdict} |")
+    return "\n".join(rows)
