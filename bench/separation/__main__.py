@@ -37,7 +37,7 @@ PRESETS = {
 
 
 def run(preset: str = "full", cache: Path | None = None, pairs: int | None = None, seeds=None, modes=MODES,
-        lora: LoraConfig | None = None, log=print) -> dict:
+        lora: LoraConfig | None = None, log=print, command: str = "") -> dict:
     setup()
     from . import base as base_mod
     from . import classify, experiment, report
@@ -60,18 +60,22 @@ def run(preset: str = "full", cache: Path | None = None, pairs: int | None = Non
             "held-out pairs": experiment.composition(base_patcher, clip, models, p["base"].size, scfg, 8,
                                                      world.HELD_OUT[:k])}
     log(f"[base] composition: {json.dumps(comp)}")
+    def assemble(out):
+        records = {m: out["records"][m] for m in ("base", *MODES) if out["records"].get(m)}
+        return {"preset": preset, "base": base_info, "base_config": asdict(p["base"]), "classifiers": acc,
+                "composition": comp, "lora": asdict(lcfg), "sample": asdict(scfg), "pairs": used, "seeds": seeds,
+                "timing_s": {m: round(report.mean(v), 1) for m, v in out["timing"].items() if v},
+                "records": records, "table": report.markdown_table(records), "seconds": round(time.time() - t0, 1),
+                "command": command, "modes_done": [m for m in records if m != "base"]}
+
     def partial(out):  # a long run leaves its table so far, mode by mode
-        (cache / f"results_{preset}.partial.json").write_text(json.dumps(out))
-        log(report.markdown_table(out["records"]))
+        res = assemble(out)
+        (cache / f"results_{preset}.partial.json").write_text(json.dumps(res))
+        log(res["table"])
 
     out = experiment.run_all(base_patcher, encoder, models, used, modes, lcfg, scfg, p["base"].size, seeds, log,
                              on_mode_done=partial)
-    out["records"] = {m: out["records"][m] for m in ("base", *MODES) if out["records"].get(m)}
-    table = report.markdown_table(out["records"])
-    result = {"preset": preset, "base": base_info, "base_config": asdict(p["base"]), "classifiers": acc,
-              "composition": comp, "lora": asdict(lcfg), "sample": asdict(scfg), "pairs": used, "seeds": seeds,
-              "timing_s": {m: round(report.mean(v), 1) for m, v in out["timing"].items()},
-              "records": out["records"], "table": table, "seconds": round(time.time() - t0, 1)}
+    result = assemble(out)
     (cache / f"results_{preset}.json").write_text(json.dumps(result))
     return result
 
@@ -103,6 +107,8 @@ def section_text(result: dict, command: str) -> str:
         + ", ".join(f"{m} {s}" for m, s in result["timing_s"].items()) + ".",
         "",
         result["table"], "",
+        *([f"Modes not run in the time available: {', '.join(m for m in MODES if m not in result['modes_done'])}.",
+           ""] if set(result.get("modes_done", MODES)) != set(MODES) else []),
         "Rates are fractions of sampled images the classifiers read as asked; ± is the standard deviation over "
         "(image, seed) units. 'leak' = the training image's own style (content probe) or shape (style probe) "
         "showing up where the prompt asked for another; chance is 1/6.", "",
@@ -135,16 +141,23 @@ def main(argv=None) -> int:
     ap.add_argument("--lora-rank", type=int, default=None)
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (the machine is shared)")
     ap.add_argument("--write-results", action="store_true", help="replace our section of bench/RESULTS.md")
+    ap.add_argument("--report-only", type=Path, default=None, metavar="JSON",
+                    help="write the section from a saved results file (e.g. results_full.partial.json) and exit")
     args = ap.parse_args(argv)
+    if args.report_only:
+        result = json.loads(args.report_only.read_text())
+        write_section(section_text(result, result.get("command", "")))
+        print(result["table"])
+        return 0
     torch.set_num_threads(args.threads)
     lora = PRESETS[args.preset]["lora"]
     for name, value in (("steps", args.lora_steps), ("lr", args.lora_lr), ("rank", args.lora_rank)):
         if value is not None:
             lora = replace(lora, **{name: value})
-    result = run(args.preset, args.cache, args.pairs, args.seeds, tuple(args.modes), lora)
+    command = ".venv/bin/python -m bench.separation " + " ".join(sys.argv[1:] if argv is None else argv)
+    result = run(args.preset, args.cache, args.pairs, args.seeds, tuple(args.modes), lora, command=command.strip())
     print(result["table"])
     if args.write_results:
-        command = ".venv/bin/python -m bench.separation " + " ".join(sys.argv[1:] if argv is None else argv)
         write_section(section_text(result, command.strip()))
     return 0
 
