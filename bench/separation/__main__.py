@@ -31,8 +31,8 @@ PRESETS = {
     "toy": dict(base=BaseConfig(steps=2, batch=2), classifier_steps=2, pairs=2, seeds=(0,), composition=2,
                 lora=LoraConfig(steps=2, rank=4), sample=SampleConfig(steps=1, per_prompt=1, others=1)),
     # sized for 2 shared CPU cores: the base stops at half of its 1000-step schedule (see RESULTS.md)
-    "full": dict(base=BaseConfig(steps=1000, stop_at=500), classifier_steps=400, pairs=3, seeds=(0,), composition=6,
-                 lora=LoraConfig(steps=60, rank=32, lr=1e-3), sample=SampleConfig(steps=10, per_prompt=4, others=1)),
+    "full": dict(base=BaseConfig(steps=1000, stop_at=250), classifier_steps=400, pairs=2, seeds=(0,), composition=3,
+                 lora=LoraConfig(steps=40, rank=32, lr=2e-3), sample=SampleConfig(steps=10, per_prompt=4, others=1)),
 }
 
 
