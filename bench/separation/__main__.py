@@ -33,6 +33,10 @@ PRESETS = {
     # sized for 2 shared CPU cores: the base stops at half of its 1000-step schedule (see RESULTS.md)
     "full": dict(base=BaseConfig(steps=1000, stop_at=250), classifier_steps=400, pairs=2, seeds=(0,), composition=3,
                  lora=LoraConfig(steps=40, rank=32, lr=2e-3), sample=SampleConfig(steps=10, per_prompt=4, others=1)),
+    # what the benchmark is meant to be, for a machine with free cores (not run here yet): the whole base schedule,
+    # every held-out pair, two seeds
+    "long": dict(base=BaseConfig(steps=1000), classifier_steps=400, pairs=6, seeds=(0, 1), composition=6,
+                 lora=LoraConfig(steps=150, rank=32, lr=1e-3), sample=SampleConfig(steps=16, per_prompt=4, others=2)),
 }
 
 
