@@ -117,7 +117,7 @@ def section_text(result: dict, command: str) -> str:
         "Rates are fractions of sampled images the classifiers read as asked; ± is the standard deviation over "
         "(image, seed) units. 'leak' = the training image's own style (content probe) or shape (style probe) "
         "showing up where the prompt asked for another; chance is 1/6.", "",
-        report.claims_table(result["records"]), "",
+        report.claims_table(result["records"], testable=not _caveat(comp)), "",
     ]
     return "\n".join(lines)
 

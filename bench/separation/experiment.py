@@ -118,8 +118,15 @@ def train_pair(base_patcher, encoder, shape: str, style: str, mode: str, lcfg: L
 
 
 def _prompts_node(clip, combined, content, style, content_from, style_from=None):
+    """Positive / negative from the Prompts node. A side trained without prompt separation (naive, B-LoRA) read
+    the combined prompt in training, so its field is left empty, as a user would: the node then gives it the
+    combined prompt."""
     from unziplora_pack.nodes.prompts import UnZipLoRAPrompts
 
+    if not content_from.content.separated:
+        content = ""
+    if not (style_from or content_from).style.separated:
+        style = ""
     return UnZipLoRAPrompts.execute(clip, combined, content, style, "", content_from, style_from).args
 
 

@@ -82,9 +82,10 @@ CLAIMS = (
 )
 
 
-def claims_table(records_by_mode: dict) -> str:
-    """The paper's qualitative claims next to the numbers measured here; 'holds' needs the difference to exceed
-    the larger of the two spreads divided by sqrt(units) (about one standard error), else 'not shown'."""
+def claims_table(records_by_mode: dict, testable: bool = True) -> str:
+    """The paper's qualitative claims next to the numbers measured here; 'holds' needs at least 3 (image, seed)
+    units per mode and the difference to exceed the larger spread divided by sqrt(units) (about one standard
+    error), else 'not shown'. testable=False (the base ignores its prompts): every verdict is 'not testable'."""
     cells = summary(records_by_mode)
     rows = ["| paper's claim | measured here | verdict |", "|---|---|---|"]
     for text, col, lower, (a, b) in CLAIMS:
@@ -95,7 +96,11 @@ def claims_table(records_by_mode: dict) -> str:
         n = min(len(va), len(vb))
         se = max(statistics.pstdev(va), statistics.pstdev(vb)) / max(1, n) ** 0.5
         better = (mb - ma) if lower else (ma - mb)
-        if better > max(se, 1e-9):
+        if not testable:
+            verdict = "not testable (the base ignores its prompts)"
+        elif n < 3:
+            verdict = f"not shown ({n} units)"
+        elif better > max(se, 1e-9):
             verdict = "holds"
         elif -better > max(se, 1e-9):
             verdict = "reversed"
