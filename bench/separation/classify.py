@@ -1,0 +1,87 @@
+"""Content and style classifiers for the world: two small CNNs on RGB, trained on fresh renders of every pair
+(classifiers may see held-out pairs: they measure factors, they are not the model under test), reported on
+renders they never saw. Light pixel noise during training makes them tolerate a diffusion model's imperfect
+samples instead of keying on exact pixel values."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import torch
+import torch.nn.functional as F
+
+from . import world
+
+
+class SmallCNN(torch.nn.Module):
+    def __init__(self, classes: int):
+        super().__init__()
+        self.body = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 32, 3, padding=1), torch.nn.ReLU(),
+            torch.nn.Conv2d(32, 32, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+            torch.nn.Conv2d(32, 64, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+            torch.nn.Conv2d(64, 64, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+            torch.nn.Flatten(), torch.nn.Linear(64, classes))
+
+    def forward(self, rgb: torch.Tensor) -> torch.Tensor:  # rgb [B, H, W, 3] in 0..1
+        return self.body(rgb.movedim(-1, 1) * 2 - 1)
+
+
+def _augment(rgb: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    noise = torch.randn(rgb.shape, generator=g) * torch.rand(rgb.shape[0], 1, 1, 1, generator=g) * 0.08
+    blur = torch.rand((), generator=g) < 0.3
+    if blur:
+        px = rgb.movedim(-1, 1)
+        px = F.avg_pool2d(F.pad(px, (1, 1, 1, 1), mode="replicate"), 3, stride=1) * 0.5 + px * 0.5
+        rgb = px.movedim(1, -1)
+    return (rgb + noise).clamp(0, 1)
+
+
+def train(size: int, steps: int, seed: int = 0, log=print) -> tuple[dict, dict]:
+    """({'content': model, 'style': model}, accuracy on 600 held-out renders per head)."""
+    torch.manual_seed(seed)
+    models = {"content": SmallCNN(len(world.SHAPES)), "style": SmallCNN(len(world.STYLES))}
+    opts = {k: torch.optim.Adam(m.parameters(), lr=2e-3) for k, m in models.items()}
+    g = torch.Generator().manual_seed(seed)
+    t0 = time.time()
+    for step in range(steps):
+        rgb, shape_ids, style_ids = world.batch(world.random_pairs(64, seed=10_000 + step), size, seed=20_000 + step)
+        rgb = _augment(rgb, g)
+        for name, labels in (("content", shape_ids), ("style", style_ids)):
+            loss = F.cross_entropy(models[name](rgb), labels)
+            opts[name].zero_grad()
+            loss.backward()
+            opts[name].step()
+    for m in models.values():
+        m.eval()
+    rgb, shape_ids, style_ids = world.batch(world.random_pairs(600, seed=999_999), size, seed=999_998)
+    acc = {}
+    with torch.no_grad():
+        acc["content"] = float((models["content"](rgb).argmax(1) == shape_ids).float().mean())
+        acc["style"] = float((models["style"](rgb).argmax(1) == style_ids).float().mean())
+    acc["seconds"] = round(time.time() - t0, 1)
+    acc["test_images"] = 600
+    log(f"[classifiers] held-out accuracy content {acc['content']:.3f} style {acc['style']:.3f} ({acc['seconds']} s)")
+    return models, acc
+
+
+def load_or_train(size: int, steps: int, cache, log=print) -> tuple[dict, dict]:
+    path = cache / f"classifiers_size{size}_steps{steps}.pt"
+    if path.exists():
+        state = torch.load(path, weights_only=True)
+        models = {"content": SmallCNN(len(world.SHAPES)), "style": SmallCNN(len(world.STYLES))}
+        for k, m in models.items():
+            m.load_state_dict(state[k])
+            m.eval()
+        return models, json.loads(state["accuracy"])
+    models, acc = train(size, steps, log=log)
+    cache.mkdir(parents=True, exist_ok=True)
+    torch.save({**{k: m.state_dict() for k, m in models.items()}, "accuracy": json.dumps(acc)}, path)
+    return models, acc
+
+
+@torch.no_grad()
+def predict(models: dict, rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(shape ids, style ids) for [B, H, W, 3]."""
+    return models["content"](rgb).argmax(1), models["style"](rgb).argmax(1)
