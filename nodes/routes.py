@@ -223,3 +223,7 @@ def register_routes() -> None:
     from .shutdown import install_shutdown_handler
 
     install_shutdown_handler()
+    try:
+        service()  # read jobs.json now: what a damaged file made us skip is logged at start-up
+    except Exception:
+        log.exception("unziplora: could not start the job service")
