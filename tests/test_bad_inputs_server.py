@@ -35,17 +35,17 @@ def pair_graph(mergers="none", content="broken.safetensors", style="other.safete
             "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 0]}}}
 
 
-def error_of(client, graph) -> str:
-    """The message a prompt failed with (validation or execution), asserting it did fail."""
+def error_of(client, graph) -> tuple[str, str]:
+    """("rejected", body) when /prompt refused it, ("failed", message) when it failed while running."""
     with client.follow() as events:
         try:
             pid = client.queue(graph)
         except PromptRejected as e:
-            return json.dumps(e.body)
-        seen = events.until_done(pid, timeout=180)
+            return "rejected", json.dumps(e.body)
+        seen = events.until_done(pid, timeout=400)
     errors = events_of(seen, "execution_error", pid)
     assert errors, f"{graph} did not fail"
-    return errors[0]["exception_message"]
+    return "failed", errors[0]["exception_message"]
 
 
 @pytest.mark.parametrize("graph, words", [
@@ -61,8 +61,11 @@ def error_of(client, graph) -> str:
 def test_prompt_path_refuses_bad_values_naming_the_input(live, graph, words):
     client = live["server"].client()
     before = client.get_json("/unziplora/jobs")["jobs"]
-    message = error_of(client, graph(live["ckpt"]))
-    assert words in message, message
+    kind, message = error_of(client, graph(live["ckpt"]))
+    if kind == "rejected" and " = " in words:  # a ComfyUI that checks V3 combos itself refuses it first
+        assert words.split(" = ")[0] in message, message
+    else:
+        assert words in message, message
     assert str(live["base"]) not in message, "the message shows the server's folders"
     assert client.get_json("/unziplora/jobs")["jobs"] == before, "a refused prompt started a job"
 
@@ -71,7 +74,7 @@ def test_resume_twice_and_concurrently_starts_one_job(live):
     client = live["server"].client()
     with client.follow() as events:
         pid = client.queue(train_graph(live["ckpt"], name="twice", steps=8, checkpoint_every=2))
-        events.until_done(pid, timeout=180)
+        events.until_done(pid, timeout=400)
     job_id = job_id_of(client.history(pid))
     wait_job(client, job_id, min_step=3)
     client.post_json(f"/unziplora/jobs/{job_id}/cancel", {})
@@ -87,7 +90,7 @@ def test_resume_twice_and_concurrently_starts_one_job(live):
         t.join(60)
     assert sorted(r[0] for r in results) == [200, 409, 409], results
     rpid = next(r[1]["prompt_id"] for r in results if r[0] == 200)
-    end = time.time() + 180
+    end = time.time() + 400
     while client.history(rpid).get("status", {}).get("completed") is not True and time.time() < end:
         time.sleep(0.2)
     new_id = job_id_of(client.history(rpid))
@@ -111,7 +114,7 @@ def test_sigterm_mid_job_then_a_damaged_jobs_json(live):
     server, client = live["server"], live["server"].client()
     with client.follow() as events:
         pid = client.queue(train_graph(live["ckpt"], name="term", steps=12, checkpoint_every=0))
-        events.until_done(pid, timeout=180)
+        events.until_done(pid, timeout=400)
     job_id = job_id_of(client.history(pid))
     step = wait_job(client, job_id, min_step=2)["step"]
     server.stop(timeout=60)

@@ -16,33 +16,22 @@ import json
 import logging
 import os
 import queue
-import re
 import threading
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from typing import Callable
 
+from .job_records import ACTIVE, FINAL, RESUMABLE, JobRecord, record_from, valid_job_id
 from .paths import PathDisplay
+from .retention import CheckpointRetention, ResumeRefused, keep_checkpoints
 
 log = logging.getLogger("unziplora")
 
 EVENT = "unziplora.progress"
-ACTIVE = ("queued", "running", "cancelling")
-FINAL = ("cancelled", "failed", "interrupted", "done")
-RESUMABLE = ("cancelled", "failed", "interrupted")
-STATES = ACTIVE + FINAL
 LOSS_HISTORY = 200
-JOB_ID_RE = re.compile(r"^[0-9a-f]{12}$")  # uuid4().hex[:12], as submit makes them
-KEEP_CHECKPOINTS_ENV = "UNZIPLORA_KEEP_CHECKPOINTS"
-
-
-def valid_job_id(value) -> bool:
-    return isinstance(value, str) and bool(JOB_ID_RE.match(value))
-
-
-def keep_checkpoints(environ=os.environ) -> bool:
-    return environ.get(KEEP_CHECKPOINTS_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+# re-exported: callers import these from here
+__all__ = ["ACTIVE", "FINAL", "RESUMABLE", "JobRecord", "ResumeRefused", "keep_checkpoints", "valid_job_id"]
 
 
 class JobCancelled(Exception):
@@ -51,54 +40,6 @@ class JobCancelled(Exception):
 
 class JobInterrupted(JobCancelled):
     """Raised instead of JobCancelled when the server is shutting down (the job ends "interrupted")."""
-
-
-class ResumeRefused(ValueError):
-    """A resume that would start a second job from the same checkpoint, or from a job that cannot resume."""
-
-
-@dataclass
-class JobRecord:
-    id: str
-    name: str
-    state: str = "queued"
-    step: int = 0
-    total: int = 0
-    loss: float | None = None
-    losses: list = field(default_factory=list)
-    it_per_s: float | None = None
-    eta_s: float | None = None
-    outputs: dict = field(default_factory=dict)
-    checkpoint: str | None = None
-    checkpoint_bytes: int = 0  # bytes in this job's checkpoint folder
-    previews: list = field(default_factory=list)
-    error: str | None = None
-    created: float = field(default_factory=time.time)
-    started: float | None = None
-    finished: float | None = None
-    info: dict = field(default_factory=dict)  # mode, prompts, base model, node id: whatever the UI shows
-    resume_prompt: dict | None = None  # the API prompt that started it, to re-queue with resume_from set
-    resumed_from: str | None = None
-    continued_by: str | None = None  # the job that resumed this one: a job is resumed at most once
-    resume_pending: str | None = None  # prompt id of a queued resume of this job (POST .../resume)
-
-    @property
-    def resumable(self) -> bool:
-        return (self.state in RESUMABLE and self.checkpoint is not None and self.resume_prompt is not None
-                and self.continued_by is None)
-
-    def public(self, display: PathDisplay | None = None) -> dict:
-        d = asdict(self)
-        d.pop("resume_prompt")
-        d["resumable"] = self.resumable
-        if display is not None:
-            d["outputs"] = {k: display.path(v) for k, v in d["outputs"].items()}
-            d["checkpoint"] = display.path(d["checkpoint"])
-            d["error"] = display.text(d["error"])
-            planned = d["info"].get("planned_outputs")
-            if isinstance(planned, dict):
-                d["info"]["planned_outputs"] = {k: display.path(v) for k, v in planned.items()}
-        return d
 
 
 class JobContext:
@@ -155,7 +96,7 @@ class JobContext:
 Work = Callable[[JobContext], dict]
 
 
-class JobManager:
+class JobManager(CheckpointRetention):
     def __init__(self, state_path: str | None, emit: Callable[[str, dict], None] | None = None,
                  checkpoint_root: str | None = None, display: PathDisplay | None = None):
         self.state_path = state_path
@@ -199,7 +140,7 @@ class JobManager:
         known = set(JobRecord.__dataclass_fields__)
         skipped = []
         for i, item in enumerate(items):
-            job, why = self._record_from(item, known)
+            job, why = record_from(item, known)
             if job is None:
                 skipped.append(f"entry {i} ({why})")
                 continue
@@ -214,29 +155,6 @@ class JobManager:
         if skipped:
             self._warn(f"{shown}: skipped {len(skipped)} of {len(items)} job records: " + "; ".join(skipped[:10]))
         self._save()
-
-    @staticmethod
-    def _record_from(item, known) -> tuple[JobRecord | None, str]:
-        if not isinstance(item, dict):
-            return None, f"not an object but {type(item).__name__}"
-        if not valid_job_id(item.get("id")):
-            return None, f"id {str(item.get('id'))[:40]!r} is not a job id"
-        if item.get("state") not in STATES:
-            return None, f"job {item['id']}: unknown state {str(item.get('state'))[:40]!r}"
-        types = {"name": str, "step": int, "total": int, "outputs": dict, "info": dict, "losses": list,
-                 "previews": list}
-        for key, typ in types.items():
-            if key in item and not isinstance(item[key], typ):
-                return None, f"job {item['id']}: {key} is not a {typ.__name__}"
-        for key in ("checkpoint", "resumed_from", "continued_by", "error"):
-            if item.get(key) is not None and not isinstance(item[key], str):
-                return None, f"job {item['id']}: {key} is not a string"
-        if item.get("resume_prompt") is not None and not isinstance(item["resume_prompt"], dict):
-            return None, f"job {item['id']}: resume_prompt is not an object"
-        try:
-            return JobRecord(**{k: v for k, v in item.items() if k in known}), ""
-        except TypeError as e:
-            return None, f"job {item['id']}: {e}"
 
     def _warn(self, message: str) -> None:
         log.warning("unziplora: %s", message)
@@ -277,103 +195,6 @@ class JobManager:
 
     def public(self, job: JobRecord) -> dict:
         return job.public(self.display)
-
-    # ---- checkpoints -------------------------------------------------------------------------------------
-    def job_folder(self, job_id: str) -> str | None:
-        if not self.checkpoint_root or not valid_job_id(job_id):
-            return None
-        return os.path.join(self.checkpoint_root, job_id)
-
-    def _folder_bytes(self, job_id: str) -> int:
-        folder = self.job_folder(job_id)
-        if folder is None:
-            return 0
-        total = 0
-        try:
-            with os.scandir(folder) as it:
-                for entry in it:
-                    if entry.is_file(follow_symlinks=False):
-                        total += entry.stat(follow_symlinks=False).st_size
-        except OSError:
-            return 0
-        return total
-
-    def _needed_checkpoints(self) -> set[str]:
-        """Files some job may still resume from (or is starting from right now)."""
-        return {os.path.abspath(j.checkpoint) for j in self._jobs.values() if j.checkpoint
-                and (j.state in ACTIVE or (j.state in RESUMABLE and j.continued_by is None))}
-
-    def _prune(self, job: JobRecord, everything: bool = False) -> int:
-        """Delete the files of the job's checkpoint folder that no job needs (all of them: `everything`).
-        Returns the bytes freed. Only ever touches <checkpoint_root>/<job id>/."""
-        folder = self.job_folder(job.id)
-        if folder is None or not os.path.isdir(folder):
-            return 0
-        needed = set() if everything else self._needed_checkpoints()
-        freed = 0
-        for entry in list(os.scandir(folder)):
-            path = os.path.abspath(entry.path)
-            if path in needed or not entry.is_file(follow_symlinks=False):
-                continue
-            try:
-                size = entry.stat(follow_symlinks=False).st_size
-                os.remove(path)
-                freed += size
-            except OSError as e:
-                log.warning("unziplora: could not delete %s: %s", entry.name, e)
-        try:
-            os.rmdir(folder)
-        except OSError:
-            pass  # not empty: it holds a needed checkpoint
-        for j in self._jobs.values():
-            if j.checkpoint and not os.path.exists(j.checkpoint) and os.path.dirname(os.path.abspath(j.checkpoint)) \
-                    == os.path.abspath(folder):
-                j.checkpoint = None
-        job.checkpoint_bytes = self._folder_bytes(job.id)
-        return freed
-
-    def _after_checkpoint(self, job: JobRecord, previous: str | None) -> None:
-        with self._lock:
-            job.checkpoint_bytes = self._folder_bytes(job.id)
-            if keep_checkpoints():
-                return
-            self._prune(job)
-            owner = self._jobs.get(os.path.basename(os.path.dirname(previous))) if previous else None
-            if owner is not None and owner is not job and owner.state not in ACTIVE:
-                self._prune(owner)  # the job this one resumed: its checkpoint is superseded now
-
-    def _after_end(self, job: JobRecord) -> None:
-        with self._lock:
-            if keep_checkpoints():
-                job.checkpoint_bytes = self._folder_bytes(job.id)
-                return
-            # this job and the chain it continued: whatever no resumable job points at goes
-            seen = set()
-            current = job
-            while current is not None and current.id not in seen:
-                seen.add(current.id)
-                if current.state not in ACTIVE:
-                    self._prune(current)
-                current = self._jobs.get(current.resumed_from) if current.resumed_from else None
-
-    def delete_checkpoints(self, job_id: str) -> int:
-        """DELETE /unziplora/jobs/{id}/checkpoints. ResumeRefused while the job or a job resuming from it is
-        active. The job is no longer resumable afterwards. Returns the bytes freed."""
-        with self._lock:
-            job = self._jobs[job_id]
-            if job.state in ACTIVE:
-                raise ResumeRefused(f"job {job_id} is {job.state}: its checkpoints can be deleted once it has ended")
-            folder = self.job_folder(job_id)
-            for other in self._jobs.values():
-                if other.state in ACTIVE and other.checkpoint and folder and \
-                        os.path.dirname(os.path.abspath(other.checkpoint)) == os.path.abspath(folder):
-                    raise ResumeRefused(f"job {other.id} is {other.state} and resumes from job {job_id}'s "
-                                        "checkpoint: delete it once that job has ended")
-            freed = self._prune(job, everything=True)
-            job.checkpoint = None
-            self._save()
-        self._emit(job, kind="state")
-        return freed
 
     # ---- public API --------------------------------------------------------------------------------------
     def check_resume(self, job_id: str) -> JobRecord:
