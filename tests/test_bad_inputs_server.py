@@ -1,5 +1,5 @@
 """Bad input and faults through a real ComfyUI: /prompt with values the V3 combos do not check, resume twice and
-concurrently, the base model unloaded mid-job, the base model unloaded by the queue mid-job, SIGTERM mid-job, a damaged jobs.json at start.
+concurrently, the base model unloaded by the queue mid-job, SIGTERM mid-job, a damaged jobs.json at start.
 
 One server for the module (it is stopped with SIGTERM and restarted near the end, so it is not the session's).
 """
