@@ -6,6 +6,7 @@ from comfy_api.latest import io
 
 from ..unziplora.apply import APPLY_MODES, apply_pair
 from .loaders import PairType
+from .validate import check_choices
 
 
 class UnZipLoRAApply(io.ComfyNode):
@@ -38,4 +39,5 @@ class UnZipLoRAApply(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, mode, content_from, content_strength, style_strength, style_from=None) -> io.NodeOutput:
+        check_choices(cls, locals())
         return io.NodeOutput(apply_pair(model, content_from, style_from, mode, content_strength, style_strength))

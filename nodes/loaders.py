@@ -13,7 +13,8 @@ import os
 from comfy_api.latest import io
 
 from ..unziplora import pair as pairs
-from .runtime import MODEL_FOLDER, register_folders
+from .runtime import MODEL_FOLDER, path_display, register_folders
+from .validate import check_choices, loading
 
 log = logging.getLogger("unziplora")
 
@@ -74,7 +75,9 @@ class UnZipLoRALoader(io.ComfyNode):
     def execute(cls, bundle) -> io.NodeOutput:
         import folder_paths
 
-        handle = pairs.from_bundle(_full_path(MODEL_FOLDER, bundle), folder_paths.get_folder_paths("loras"))
+        check_choices(cls, locals())
+        with loading("bundle", bundle, path_display()):
+            handle = pairs.from_bundle(_full_path(MODEL_FOLDER, bundle), folder_paths.get_folder_paths("loras"))
         log.info("UnZipLoRA: loaded %s", handle.summary())
         return io.NodeOutput(handle, handle.prompt, handle.text("content"), handle.text("style"),
                              handle.text("content", "trigger"), handle.text("style", "trigger"))
@@ -112,13 +115,24 @@ class UnZipLoRALoadFiles(io.ComfyNode):
     def execute(cls, content_lora, style_lora, mergers) -> io.NodeOutput:
         import folder_paths
 
-        paths = {"content": _full_path("loras", content_lora), "style": _full_path("loras", style_lora)}
-        found = {r: None for r in pairs.SIDES}
-        if mergers == "auto":
-            bundles = folder_paths.get_folder_paths(MODEL_FOLDER)
-            found = {r: pairs.find_mergers(p, r, bundles) for r, p in paths.items()}
-        handle = pairs.from_files(paths["content"], paths["style"], content_mergers=found["content"],
-                                  style_mergers=found["style"])
+        check_choices(cls, locals())
+        display = path_display()
+        picked = {"content": ("content_lora", content_lora), "style": ("style_lora", style_lora)}
+        paths, found = {}, {r: None for r in pairs.SIDES}
+        for role, (input_name, value) in picked.items():
+            with loading(input_name, value, display):
+                paths[role] = _full_path("loras", value)
+                if mergers == "auto":
+                    found[role] = pairs.find_mergers(paths[role], role, folder_paths.get_folder_paths(MODEL_FOLDER))
+        try:
+            handle = pairs.from_files(paths["content"], paths["style"], content_mergers=found["content"],
+                                      style_mergers=found["style"])
+        except (ValueError, OSError, RuntimeError, KeyError) as e:
+            # the readers' messages start with the file's name: blame the input that picked it
+            files = [(paths[r], picked[r]) for r in pairs.SIDES] + [(found[r], picked[r]) for r in pairs.SIDES if found[r]]
+            which = [p for f, p in files if str(e).startswith(os.path.basename(f))] or [picked["content"]]
+            with loading(*which[0], display):
+                raise
         log.info("UnZipLoRA: loaded %s", handle.summary())
         return io.NodeOutput(handle)
 
@@ -144,6 +158,8 @@ class UnZipLoRALoadBLoRA(io.ComfyNode):
 
     @classmethod
     def execute(cls, lora) -> io.NodeOutput:
-        handle = pairs.from_blora(_full_path("loras", lora))
+        check_choices(cls, locals())
+        with loading("lora", lora, path_display()):
+            handle = pairs.from_blora(_full_path("loras", lora))
         log.info("UnZipLoRA: loaded %s", handle.summary())
         return io.NodeOutput(handle)

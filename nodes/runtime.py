@@ -7,6 +7,7 @@ import os
 import threading
 
 from ..training.jobs import JobManager
+from ..training.paths import PathDisplay
 from ..training.service import OutputDirs, TrainingService
 
 log = logging.getLogger("unziplora")
@@ -30,6 +31,19 @@ def register_folders() -> OutputDirs:
                       previews_subfolder=f"{MODEL_FOLDER}/previews")
 
 
+def path_display() -> PathDisplay:
+    """Paths as ComfyUI's folder names ("models/loras/unziplora/x.safetensors"): what browsers are shown."""
+    import folder_paths
+
+    roots = [(folder_paths.models_dir, "models"), (folder_paths.get_output_directory(), "output"),
+             (folder_paths.get_input_directory(), "input"), (folder_paths.get_temp_directory(), "temp"),
+             (folder_paths.get_user_directory(), "user")]
+    for folder in ("loras", MODEL_FOLDER):  # extra_model_paths.yaml may put these anywhere
+        roots += [(p, folder if folder == "loras" else f"models/{folder}")
+                  for p in folder_paths.get_folder_paths(folder) if not p.startswith(folder_paths.models_dir)]
+    return PathDisplay(roots)
+
+
 def _emit(event: str, data: dict) -> None:
     try:
         from server import PromptServer
@@ -47,5 +61,6 @@ def service() -> TrainingService:
 
             dirs = register_folders()
             state = os.path.join(folder_paths.get_user_directory(), "unziplora", "jobs.json")
-            _service = TrainingService(JobManager(state, emit=_emit), dirs)
+            _service = TrainingService(JobManager(state, emit=_emit, checkpoint_root=dirs.checkpoints,
+                                                  display=path_display()), dirs)
         return _service

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import time
 import uuid
 
@@ -12,9 +11,9 @@ from ..training.config import TrainConfig
 from ..training.prepare import prepare_inputs
 from ..unziplora.roles import MODES
 from .runtime import service
+from .validate import check_choices, check_name, check_prompts
 
 PAPER = TrainConfig()
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$")
 
 
 def build_combined_prompt(content_prompt: str, style_prompt: str) -> str:
@@ -27,12 +26,6 @@ def build_combined_prompt(content_prompt: str, style_prompt: str) -> str:
     return f"{content}, {style}"
 
 
-def check_name(name: str) -> str:
-    name = (name or "").strip()
-    if not NAME_RE.match(name):
-        raise ValueError(f"name {name!r} is not allowed: 1-80 letters, digits, '_', '-' or '.', starting with a "
-                         "letter or digit (it becomes the file names)")
-    return name
 
 
 class UnZipLoRATrain(io.ComfyNode):
@@ -121,18 +114,17 @@ class UnZipLoRATrain(io.ComfyNode):
                 lr_content, lr_style, lr_merger, column_ratio, selections, orth_lambda, resolution, seed,
                 checkpoint_every, preview_every, preview_steps, gradient_checkpointing, precision, run_mode,
                 resume_from="") -> io.NodeOutput:
+        check_choices(cls, locals())
         config = TrainConfig(mode=mode, steps=steps, rank=rank, lr_content=lr_content, lr_style=lr_style,
                              lr_merger=lr_merger, column_ratio=column_ratio, sample_times=selections,
                              orth_lambda=orth_lambda, resolution=resolution, seed=seed,
                              checkpoint_every=checkpoint_every, preview_every=preview_every, preview_steps=preview_steps,
                              gradient_checkpointing=gradient_checkpointing, precision=precision).validate()
         name = check_name(name)
+        check_prompts(content_prompt, style_prompt, MODES[mode].prompt_separation)
         svc = service()
-        resume_job = None
-        if resume_from:
-            resume_job = svc.manager.get(resume_from)
-            if resume_job is None or not resume_job.checkpoint:
-                raise ValueError(f"resume_from = {resume_from!r}: no job with that id has a checkpoint")
+        # checked again when the job is submitted, under the manager's lock (two prompts resuming one job)
+        resume_job = svc.manager.check_resume(resume_from) if resume_from else None
         prompt = combined_prompt.strip() or build_combined_prompt(content_prompt, style_prompt)
         inputs = prepare_inputs(model, clip, vae, image, prompt, content_prompt, style_prompt, config)
         make_room_for_training(inputs.unet)

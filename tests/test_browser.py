@@ -298,7 +298,7 @@ def test_train_runs_to_done(session):
     job = server_jobs(server)[0]
     assert job["state"] == "done" and job["info"]["node_id"] == TRAIN_ID and st["job"] == job["name"], (job, st)
     for key in ("content", "style", "bundle"):
-        assert Path(job["outputs"][key]).is_file(), job["outputs"]
+        assert (server.base_dir / job["outputs"][key]).is_file(), job["outputs"]  # paths are shown relative to ComfyUI's base
     # the latest content / style / combined previews, served by /view and loaded
     kinds = sorted({p["kind"] for p in job["previews"]})
     assert kinds == ["combined", "content", "style"], job["previews"]

@@ -83,7 +83,7 @@ def test_sdxl_shaped_tiny_model_is_accepted(tiny_sdxl):
 @pytest.mark.parametrize("field, value, needle", [
     ("steps", 0, "steps"), ("rank", 0, "rank"), ("resolution", 100, "multiple of 64"),
     ("column_ratio", 1.5, "column_ratio"), ("mode", "dreambooth", "one of unziplora"),
-    ("sample_times", 700, "sample_times"), ("steps", 1, "at least 2"),
+    ("sample_times", 700, "selections"), ("steps", 1, "at least 2"),
 ])
 def test_impossible_numbers_are_refused_with_the_input_named(field, value, needle):
     with pytest.raises(ValueError, match=needle):

@@ -151,7 +151,9 @@ def test_previews_are_announced_and_served(finished_run):
 
 def test_files_load_in_stock_loraloader_with_masks_baked(finished_run, server, ckpt):
     job = finished_run["job"]
-    out = job["outputs"]
+    # job records show paths relative to ComfyUI's base directory, never the server's absolute layout
+    assert not any(Path(p).is_absolute() for p in job["outputs"].values()), job["outputs"]
+    out = {k: str(server.base_dir / p) for k, p in job["outputs"].items()}
     for key in ("content", "style", "bundle"):
         assert Path(out[key]).is_file(), f"{key} file missing: {out[key]}"
     assert Path(out["content"]).parent.name == "unziplora" and Path(out["content"]).parent.parent.name == "loras"
@@ -190,7 +192,7 @@ def test_files_load_in_stock_loraloader_with_masks_baked(finished_run, server, c
 
 def test_cancel_then_resume_matches_uninterrupted(finished_run, server, ckpt):
     client = finished_run["client"]
-    reference = load_file(finished_run["job"]["outputs"]["content"])
+    reference = load_file(server.base_dir / finished_run["job"]["outputs"]["content"])
     workflow = {"extra_pnginfo": {"workflow": {"id": "workflow-a", "nodes": []}}}  # as the frontend sends it
     with client.follow() as events:
         pid = client.queue(train_graph(ckpt, name="cat_resumed"), extra_data=workflow)
@@ -202,7 +204,7 @@ def test_cancel_then_resume_matches_uninterrupted(finished_run, server, ckpt):
     assert status == 200 and cancelled["state"] in ("cancelling", "cancelled"), cancelled
     job = wait_job(client, job_id)
     assert job["state"] == "cancelled" and job["resumable"] and job["checkpoint"], job
-    assert 5 <= job["step"] < 12 and Path(job["checkpoint"]).is_file()
+    assert 5 <= job["step"] < 12 and (server.base_dir / job["checkpoint"]).is_file()
 
     with client.follow() as events:
         status, resumed = client.post_json(f"/unziplora/jobs/{job_id}/resume", {"client_id": client.client_id})
@@ -214,7 +216,7 @@ def test_cancel_then_resume_matches_uninterrupted(finished_run, server, ckpt):
     done = wait_job(client, new_id)
     assert done["state"] == "done" and done["resumed_from"] == job_id, done
     assert done["info"]["workflow_id"] == "workflow-a", done["info"]  # the panel still finds it
-    result = load_file(done["outputs"]["content"])
+    result = load_file(server.base_dir / done["outputs"]["content"])
     assert result.keys() == reference.keys()
     for k in reference:
         torch.testing.assert_close(result[k].float(), reference[k].float(), rtol=2e-3, atol=1e-4, msg=k)
@@ -226,7 +228,7 @@ def test_blocking_mode_trains_inside_the_prompt(server, ckpt):
         pid = client.queue(train_graph(ckpt, name="blocking", steps=4, run_mode="blocking"))
         seen = events.until_done(pid, timeout=240)
     job = client.get_json(f"/unziplora/jobs/{job_id_of(client.history(pid))}")
-    assert job["state"] == "done" and Path(job["outputs"]["content"]).is_file(), job
+    assert job["state"] == "done" and (server.base_dir / job["outputs"]["content"]).is_file(), job
     # ComfyUI's own progress bar moved for the train node while the prompt ran
     bars = [e["data"] for e in seen if e.get("type") == "progress" and e["data"].get("node") == "3"]
     assert bars and bars[-1]["max"] == 4
@@ -242,10 +244,12 @@ def test_second_cancel_and_unknown_ids(finished_run):
     assert status == 409 and "done" in body["error"], body
     status, body = client.post_json(f"/unziplora/jobs/{job_id}/resume", {})
     assert status == 409 and "cannot be resumed" in body["error"], body
-    for method, path in (("GET", "/unziplora/jobs/nope"), ("POST", "/unziplora/jobs/nope/cancel"),
-                         ("POST", "/unziplora/jobs/nope/resume")):
+    for method, path in (("GET", "/unziplora/jobs/0123456789ab"), ("POST", "/unziplora/jobs/0123456789ab/cancel"),
+                         ("POST", "/unziplora/jobs/0123456789ab/resume")):
         status, body, _ = client.request(method, path, {} if method == "POST" else None)
-        assert status == 404 and b"nope" in body, (path, status, body)
+        assert status == 404 and b"0123456789ab" in body, (path, status, body)
+    status, body, _ = client.request("GET", "/unziplora/jobs/nope")
+    assert status == 400 and b"not a job id" in body, body  # ids are checked against the format first
     listed = client.get_json("/unziplora/jobs")["jobs"]
     assert job_id in [j["id"] for j in listed]
 
@@ -299,6 +303,6 @@ def test_restart_mid_run_shows_interrupted_and_resumes(tmp_path, tiny_checkpoint
         new_id = job_id_of(client.history(resumed["prompt_id"]))
         done = wait_job(client, new_id)
         assert done["state"] == "done", done
-        assert Path(done["outputs"]["style"]).is_file()
+        assert (server.base_dir / done["outputs"]["style"]).is_file()
     finally:
         server.stop()

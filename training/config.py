@@ -11,6 +11,10 @@ from dataclasses import asdict, dataclass, fields, replace
 from ..unziplora.roles import MODES
 
 
+# settings whose node input has another name: messages name the input the user sees
+INPUT_NAMES = {"sample_times": "selections"}
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     mode: str = "unziplora"
@@ -35,9 +39,17 @@ class TrainConfig:
     optimizer: str = "auto"  # auto = 8-bit AdamW when bitsandbytes + CUDA, else torch AdamW
 
     def validate(self) -> "TrainConfig":
-        def need(ok: bool, name: str, allowed: str):
+        def need(ok, name: str, allowed: str):
             if not ok:
-                raise ValueError(f"{name} = {getattr(self, name)!r} is not allowed: {allowed}")
+                shown = INPUT_NAMES.get(name, name)
+                raise ValueError(f"{shown} = {getattr(self, name)!r} is not allowed: {allowed}")
+
+        for f in fields(self):  # a string where a number belongs would otherwise fail below as a TypeError
+            value, kind = getattr(self, f.name), type(f.default)
+            ok = isinstance(value, kind) and not isinstance(value, bool) or (kind is float and isinstance(value, int)
+                                                                            and not isinstance(value, bool))
+            need(ok and not (isinstance(value, float) and value != value), f.name,
+                 f"a {'whole number' if kind is int else 'finite number' if kind is float else 'text'}")
 
         need(self.mode in MODES, "mode", f"one of {', '.join(MODES)}")
         need(isinstance(self.steps, int) and 1 <= self.steps <= 100_000, "steps", "a whole number from 1 to 100000")

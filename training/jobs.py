@@ -2,6 +2,12 @@
 
 Knows nothing of torch or of the server: a job's work is a callable given a JobContext, and events go through
 an `emit(event, data)` callable that the node layer wires to PromptServer.send_sync (thread-safe there).
+
+Checkpoints (when `checkpoint_root` is set) live in <checkpoint_root>/<job id>/. The one retention rule: a
+checkpoint file is kept while some job that is queued, running or resumable points at it; the rest of a job's
+folder is deleted when a newer checkpoint replaces it and when the job ends (UNZIPLORA_KEEP_CHECKPOINTS=1
+keeps everything). Nothing is ever deleted at start-up: a record skipped from a damaged jobs.json may still
+need its files.
 """
 
 from __future__ import annotations
@@ -13,53 +19,27 @@ import queue
 import threading
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from typing import Callable
+
+from .job_records import ACTIVE, FINAL, RESUMABLE, JobRecord, record_from, valid_job_id
+from .paths import PathDisplay
+from .retention import CheckpointRetention, ResumeRefused, keep_checkpoints
 
 log = logging.getLogger("unziplora")
 
 EVENT = "unziplora.progress"
-ACTIVE = ("queued", "running", "cancelling")
-FINAL = ("cancelled", "failed", "interrupted", "done")
-RESUMABLE = ("cancelled", "failed", "interrupted")
 LOSS_HISTORY = 200
+# re-exported: callers import these from here
+__all__ = ["ACTIVE", "FINAL", "RESUMABLE", "JobRecord", "ResumeRefused", "keep_checkpoints", "valid_job_id"]
 
 
 class JobCancelled(Exception):
     """Raised inside the work when the stop event is set; the work saves a checkpoint first."""
 
 
-@dataclass
-class JobRecord:
-    id: str
-    name: str
-    state: str = "queued"
-    step: int = 0
-    total: int = 0
-    loss: float | None = None
-    losses: list = field(default_factory=list)
-    it_per_s: float | None = None
-    eta_s: float | None = None
-    outputs: dict = field(default_factory=dict)
-    checkpoint: str | None = None
-    previews: list = field(default_factory=list)
-    error: str | None = None
-    created: float = field(default_factory=time.time)
-    started: float | None = None
-    finished: float | None = None
-    info: dict = field(default_factory=dict)  # mode, prompts, base model, node id: whatever the UI shows
-    resume_prompt: dict | None = None  # the API prompt that started it, to re-queue with resume_from set
-    resumed_from: str | None = None
-
-    @property
-    def resumable(self) -> bool:
-        return self.state in RESUMABLE and self.checkpoint is not None and self.resume_prompt is not None
-
-    def public(self) -> dict:
-        d = asdict(self)
-        d.pop("resume_prompt")
-        d["resumable"] = self.resumable
-        return d
+class JobInterrupted(JobCancelled):
+    """Raised instead of JobCancelled when the server is shutting down (the job ends "interrupted")."""
 
 
 class JobContext:
@@ -69,13 +49,14 @@ class JobContext:
         self._m = manager
         self.job = job
         self.stop_event = threading.Event()
+        self.interrupting = False  # the stop comes from a shutdown, not from Cancel
         self._t0 = None
         self._step0 = 0
         self._last_emit = 0.0
 
     def check_stop(self) -> None:
         if self.stop_event.is_set():
-            raise JobCancelled()
+            raise JobInterrupted() if self.interrupting else JobCancelled()
 
     @property
     def stop_requested(self) -> bool:
@@ -101,7 +82,9 @@ class JobContext:
         self._m._save(throttle=True)
 
     def set_checkpoint(self, path: str) -> None:
+        previous = self.job.checkpoint
         self.job.checkpoint = path
+        self._m._after_checkpoint(self.job, previous)
         self._m._save()
 
     def add_preview(self, entry: dict) -> None:
@@ -113,10 +96,14 @@ class JobContext:
 Work = Callable[[JobContext], dict]
 
 
-class JobManager:
-    def __init__(self, state_path: str | None, emit: Callable[[str, dict], None] | None = None):
+class JobManager(CheckpointRetention):
+    def __init__(self, state_path: str | None, emit: Callable[[str, dict], None] | None = None,
+                 checkpoint_root: str | None = None, display: PathDisplay | None = None):
         self.state_path = state_path
         self.emit = emit
+        self.checkpoint_root = checkpoint_root
+        self.display = display
+        self.load_warnings: list[str] = []  # what start-up skipped in jobs.json, shown by GET /unziplora/jobs
         self._lock = threading.RLock()
         self._jobs: dict[str, JobRecord] = {}
         self._contexts: dict[str, JobContext] = {}
@@ -126,25 +113,52 @@ class JobManager:
         self._load()
 
     # ---- persistence -------------------------------------------------------------------------------------
+    def _shown_state_path(self) -> str:
+        return self.display.path(self.state_path) if self.display else os.path.basename(self.state_path)
+
     def _load(self) -> None:
         if not self.state_path or not os.path.exists(self.state_path):
             return
+        shown = self._shown_state_path()
         try:
             with open(self.state_path, encoding="utf-8") as f:
                 raw = json.load(f)
-        except (OSError, ValueError) as e:
-            log.warning("unziplora: could not read job state %s: %s", self.state_path, e)
+            items = raw.get("jobs") if isinstance(raw, dict) else None
+            if not isinstance(items, list):
+                raise ValueError("no 'jobs' list")
+        except (OSError, ValueError, UnicodeDecodeError) as e:
+            # keep the damaged file for whoever wants to look at it; the next save writes a fresh one
+            aside = f"{self.state_path}.damaged-{int(time.time())}"
+            try:
+                os.replace(self.state_path, aside)
+                kept = f"; kept as {os.path.basename(aside)}"
+            except OSError:
+                kept = ""
+            self._warn(f"{shown} could not be read ({type(e).__name__}: {str(e)[:200]}): started with no "
+                       f"jobs{kept}")
             return
         known = set(JobRecord.__dataclass_fields__)
-        for item in raw.get("jobs", []):
-            job = JobRecord(**{k: v for k, v in item.items() if k in known})
+        skipped = []
+        for i, item in enumerate(items):
+            job, why = record_from(item, known)
+            if job is None:
+                skipped.append(f"entry {i} ({why})")
+                continue
             if job.state in ACTIVE:
                 # the process that ran it is gone: it stopped wherever it was
                 job.state = "interrupted"
                 job.error = job.error or "ComfyUI stopped while this job was queued or running"
                 job.finished = job.finished or time.time()
+            job.resume_pending = None  # that server's queue is gone too
+            job.checkpoint_bytes = self._folder_bytes(job.id)
             self._jobs[job.id] = job
+        if skipped:
+            self._warn(f"{shown}: skipped {len(skipped)} of {len(items)} job records: " + "; ".join(skipped[:10]))
         self._save()
+
+    def _warn(self, message: str) -> None:
+        log.warning("unziplora: %s", message)
+        self.load_warnings.append(message)
 
     def _save(self, throttle: bool = False) -> None:
         if not self.state_path:
@@ -155,56 +169,116 @@ class JobManager:
         with self._lock:
             self._last_save = now
             data = {"version": 1, "jobs": [asdict(j) for j in self._jobs.values()]}
-            os.makedirs(os.path.dirname(self.state_path) or ".", exist_ok=True)
             tmp = f"{self.state_path}.{os.getpid()}.{threading.get_ident()}.tmp"
-            with open(tmp, "w", encoding="utf-8") as f:
-                json.dump(data, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.state_path)
+            try:
+                os.makedirs(os.path.dirname(self.state_path) or ".", exist_ok=True)
+                with open(tmp, "w", encoding="utf-8") as f:
+                    json.dump(data, f)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, self.state_path)
+            except OSError as e:
+                # a full or read-only disk must not kill a training run: the previous file stays as it was
+                log.warning("unziplora: could not save job state to %s: %s", self._shown_state_path(), e)
+                try:
+                    os.remove(tmp)
+                except OSError:
+                    pass
 
     def _emit(self, job: JobRecord, kind: str = "progress") -> None:
         if self.emit is None:
             return
         try:
-            self.emit(EVENT, {"kind": kind, "job": job.public()})
+            self.emit(EVENT, {"kind": kind, "job": self.public(job)})
         except Exception:  # a dead websocket must never kill a training run
             log.exception("unziplora: could not send a progress event")
 
+    def public(self, job: JobRecord) -> dict:
+        return job.public(self.display)
+
     # ---- public API --------------------------------------------------------------------------------------
+    def check_resume(self, job_id: str) -> JobRecord:
+        """The job a new run may resume from, or ResumeRefused saying why not (in the node's words)."""
+        job = self._jobs.get(job_id) if valid_job_id(job_id) else None
+        if job is None:
+            raise ResumeRefused(f"resume_from = {str(job_id)[:40]!r}: no job with that id")
+        if job.continued_by:
+            raise ResumeRefused(f"resume_from = {job_id!r}: job {job_id} was already resumed; it continues as "
+                                f"job {job.continued_by}")
+        if job.state not in RESUMABLE:
+            raise ResumeRefused(f"resume_from = {job_id!r}: job {job_id} is {job.state}; only cancelled, failed or "
+                                "interrupted jobs can be resumed")
+        if not job.checkpoint or not os.path.isfile(job.checkpoint):
+            raise ResumeRefused(f"resume_from = {job_id!r}: job {job_id} has no checkpoint to resume from")
+        return job
+
     def submit(self, name: str, work: Work, total: int = 0, info: dict | None = None,
                resume_prompt: dict | None = None, resumed_from: str | None = None, step: int = 0) -> JobRecord:
-        """step: where the work starts (a resumed run starts at its checkpoint's step, and shows it at once)."""
+        """step: where the work starts (a resumed run starts at its checkpoint's step, and shows it at once).
+        resumed_from: checked and claimed under the lock, so two prompts can never both continue one job."""
         job = JobRecord(id=uuid.uuid4().hex[:12], name=name, total=total, step=step, info=dict(info or {}),
                         resume_prompt=resume_prompt, resumed_from=resumed_from)
         with self._lock:
+            if resumed_from is not None:
+                parent = self.check_resume(resumed_from)
+                parent.continued_by, parent.resume_pending = job.id, None
             self._jobs[job.id] = job
             self._contexts[job.id] = JobContext(self, job)
             self._save()
             self._queue.put((job.id, work))
             self._ensure_worker()
+        if resumed_from is not None:
+            self._emit(self._jobs[resumed_from], kind="state")  # its Resume button goes away
         self._emit(job, kind="state")
         return job
 
+    def mark_resume_pending(self, job_id: str, prompt_id: str | None) -> None:
+        with self._lock:
+            job = self._jobs[job_id]
+            job.resume_pending = prompt_id
+            self._save()
+
     def get(self, job_id: str) -> JobRecord | None:
-        return self._jobs.get(job_id)
+        return self._jobs.get(job_id) if isinstance(job_id, str) else None
 
     def list(self) -> list[JobRecord]:
         return sorted(self._jobs.values(), key=lambda j: j.created, reverse=True)
 
-    def cancel(self, job_id: str) -> JobRecord:
+    def cancel(self, job_id: str, interrupt: bool = False) -> JobRecord:
+        """interrupt: a shutdown, not the user: the job ends "interrupted" (resumable) rather than "cancelled"."""
         with self._lock:
             job = self._jobs[job_id]
             if job.state == "queued":
-                job.state, job.finished = "cancelled", time.time()
-            elif job.state == "running":
+                job.state, job.finished = ("interrupted" if interrupt else "cancelled"), time.time()
+            elif job.state in ("running", "cancelling"):
                 job.state = "cancelling"
-                self._contexts[job_id].stop_event.set()
+                ctx = self._contexts.get(job_id)
+                if ctx is not None:
+                    ctx.interrupting = ctx.interrupting or interrupt
+                    ctx.stop_event.set()
             else:
                 return job
             self._save()
         self._emit(job, kind="state")
         return job
+
+    def shutdown(self, timeout: float = 10.0) -> list[str]:
+        """Stop every job for a server shutdown: the running one saves a checkpoint (up to `timeout` s) and all
+        end "interrupted", resumable after the restart. Returns the ids of the jobs it stopped."""
+        with self._lock:
+            active = [j for j in self._jobs.values() if j.state in ACTIVE]
+            for job in active:
+                self.cancel(job.id, interrupt=True)
+        end = time.time() + timeout
+        while time.time() < end and any(j.state in ACTIVE for j in active):
+            time.sleep(0.05)
+        with self._lock:
+            for job in active:
+                if job.state in ACTIVE:  # still saving: the restart marks it interrupted from the file anyway
+                    job.state, job.finished = "interrupted", time.time()
+                    job.error = "ComfyUI shut down before the job could save a checkpoint"
+            self._save()
+        return [j.id for j in active]
 
     def wait(self, job_id: str, timeout: float | None = None) -> JobRecord:
         """Block until the job is final (tests, the blocking run mode)."""
@@ -230,6 +304,8 @@ class JobManager:
             try:
                 self._run_one(job_id, work)
             finally:
+                # the work closure holds the job's private UNet copy: never keep it alive while waiting
+                del work
                 self._queue.task_done()
 
     def _run_one(self, job_id: str, work: Work) -> None:
@@ -246,7 +322,11 @@ class JobManager:
             job.outputs = dict(outputs or {})
             job.state = "done"
         except JobCancelled:
-            job.state = "cancelled"
+            if ctx.interrupting:
+                job.state = "interrupted"
+                job.error = "ComfyUI shut down during the job; it saved a checkpoint and can be resumed"
+            else:
+                job.state = "cancelled"
         except Exception as e:  # the reason goes to the UI; the traceback to the log
             log.exception("unziplora: job %s failed", job_id)
             job.state = "failed"
@@ -254,5 +334,10 @@ class JobManager:
         finally:
             job.finished = time.time()
             self._contexts.pop(job_id, None)
+            try:
+                self._after_end(job)
+            except OSError:
+                log.exception("unziplora: could not tidy the checkpoints of job %s", job_id)
             self._save()
             self._emit(job, kind="state")
+

@@ -9,6 +9,7 @@ ends with the same weights as an uninterrupted one.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
@@ -165,7 +166,7 @@ class Trainer:
                 raise JobCancelled()
             loss = self._loss(unet, lora, streams, gen, schedule)
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"the loss became {loss.item()} at step {g}: lower the learning rates "
+                raise FloatingPointError(f"the loss became {loss.item()} at step {g + 1}: lower the learning rates "
                                          "or use precision fp32/bf16")
             (scaler.scale(loss) if scaler else loss).backward()
             if scaler:
@@ -214,9 +215,21 @@ class Trainer:
             "generator": gen.get_state(),
             "saved_at": time.time(),
         }
+        if not all(torch.isfinite(v).all() for v in state["lora"].values() if v.is_floating_point()):
+            raise FloatingPointError(f"the LoRA weights are no longer finite at step {step}: not saved as a checkpoint")
         tmp = path + ".tmp"
-        torch.save(state, tmp)
-        os.replace(tmp, path)
+        try:
+            torch.save(state, tmp)
+            os.replace(tmp, path)
+        except BaseException as e:  # a full or read-only disk, or a stop mid-write: no half file stays behind
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
+            if not isinstance(e, Exception):
+                raise
+            # torch.save reports a failed write as a RuntimeError from its zip writer: one clear OSError instead
+            reason = (e.strerror if isinstance(e, OSError) and e.strerror else str(e).strip().splitlines()[0])
+            raise OSError(getattr(e, "errno", None) or errno.EIO,
+                          f"could not save the checkpoint of step {step}: {reason}") from None
         return path
 
     def _load_checkpoint(self, path, lora, optimizer, schedule, scaler, gen) -> int:

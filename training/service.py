@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from .config import TrainConfig
+from . import faults
 from .export import export_run, output_names
 from .jobs import JobContext, JobManager, JobRecord
 from .loop import Trainer, TrainInputs
@@ -78,6 +79,7 @@ class TrainingService:
     def __init__(self, manager: JobManager, dirs: OutputDirs, device: torch.device | None = None):
         self.manager = manager
         self.dirs = dirs
+        manager.checkpoint_root = manager.checkpoint_root or dirs.checkpoints  # where retention may delete
         self.device = device
         self._names_lock = threading.Lock()
 
@@ -125,14 +127,17 @@ class TrainingService:
                                            trainer.dtype, os.path.join(self.dirs.previews, ctx.job.id),
                                            f"{self.dirs.previews_subfolder}/{ctx.job.id}")
             try:
-                result = trainer.run(progress=ctx.progress, should_stop=lambda: ctx.stop_requested,
-                                     resume_from=resume_from, on_checkpoint=ctx.set_checkpoint,
-                                     previews=renderer, on_preview=lambda entries: [ctx.add_preview(e) for e in entries])
+                result = faults.explained(lambda: trainer.run(
+                    progress=ctx.progress, should_stop=lambda: ctx.stop_requested, resume_from=resume_from,
+                    on_checkpoint=ctx.set_checkpoint, previews=renderer,
+                    on_preview=lambda entries: [ctx.add_preview(e) for e in entries]), ctx.job, device)
             finally:
                 inputs.unet.to("cpu")
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
-            return export_run(result, config, self.dirs, name, inputs, base_name=base_name,
-                              started_at=ctx.job.started, preview_dir=renderer.out_dir if renderer else None)
+            return faults.export_explained(
+                lambda: export_run(result, config, self.dirs, name, inputs, base_name=base_name,
+                                   started_at=ctx.job.started, preview_dir=renderer.out_dir if renderer else None),
+                ctx.job, device)
 
         return work

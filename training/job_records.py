@@ -1,0 +1,86 @@
+"""A job's record as jobs.json and the routes hold it, and how a record read back from jobs.json is checked."""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import asdict, dataclass, field
+
+from .paths import PathDisplay
+
+ACTIVE = ("queued", "running", "cancelling")
+FINAL = ("cancelled", "failed", "interrupted", "done")
+RESUMABLE = ("cancelled", "failed", "interrupted")
+STATES = ACTIVE + FINAL
+JOB_ID_RE = re.compile(r"^[0-9a-f]{12}$")  # uuid4().hex[:12], as JobManager.submit makes them
+
+
+def valid_job_id(value) -> bool:
+    return isinstance(value, str) and bool(JOB_ID_RE.match(value))
+
+
+@dataclass
+class JobRecord:
+    id: str
+    name: str
+    state: str = "queued"
+    step: int = 0
+    total: int = 0
+    loss: float | None = None
+    losses: list = field(default_factory=list)
+    it_per_s: float | None = None
+    eta_s: float | None = None
+    outputs: dict = field(default_factory=dict)
+    checkpoint: str | None = None
+    checkpoint_bytes: int = 0  # bytes in this job's checkpoint folder
+    previews: list = field(default_factory=list)
+    error: str | None = None
+    created: float = field(default_factory=time.time)
+    started: float | None = None
+    finished: float | None = None
+    info: dict = field(default_factory=dict)  # mode, prompts, base model, node id: whatever the UI shows
+    resume_prompt: dict | None = None  # the API prompt that started it, to re-queue with resume_from set
+    resumed_from: str | None = None
+    continued_by: str | None = None  # the job that resumed this one: a job is resumed at most once
+    resume_pending: str | None = None  # prompt id of a queued resume of this job (POST .../resume)
+
+    @property
+    def resumable(self) -> bool:
+        return (self.state in RESUMABLE and self.checkpoint is not None and self.resume_prompt is not None
+                and self.continued_by is None)
+
+    def public(self, display: PathDisplay | None = None) -> dict:
+        d = asdict(self)
+        d.pop("resume_prompt")
+        d["resumable"] = self.resumable
+        if display is not None:
+            d["outputs"] = {k: display.path(v) for k, v in d["outputs"].items()}
+            d["checkpoint"] = display.path(d["checkpoint"])
+            d["error"] = display.text(d["error"])
+            planned = d["info"].get("planned_outputs")
+            if isinstance(planned, dict):
+                d["info"]["planned_outputs"] = {k: display.path(v) for k, v in planned.items()}
+        return d
+
+
+def record_from(item, known) -> tuple[JobRecord | None, str]:
+    if not isinstance(item, dict):
+        return None, f"not an object but {type(item).__name__}"
+    if not valid_job_id(item.get("id")):
+        return None, f"id {str(item.get('id'))[:40]!r} is not a job id"
+    if item.get("state") not in STATES:
+        return None, f"job {item['id']}: unknown state {str(item.get('state'))[:40]!r}"
+    types = {"name": str, "step": int, "total": int, "outputs": dict, "info": dict, "losses": list,
+             "previews": list}
+    for key, typ in types.items():
+        if key in item and not isinstance(item[key], typ):
+            return None, f"job {item['id']}: {key} is not a {typ.__name__}"
+    for key in ("checkpoint", "resumed_from", "continued_by", "error"):
+        if item.get(key) is not None and not isinstance(item[key], str):
+            return None, f"job {item['id']}: {key} is not a string"
+    if item.get("resume_prompt") is not None and not isinstance(item["resume_prompt"], dict):
+        return None, f"job {item['id']}: resume_prompt is not an object"
+    try:
+        return JobRecord(**{k: v for k, v in item.items() if k in known}), ""
+    except TypeError as e:
+        return None, f"job {item['id']}: {e}"
