@@ -7,6 +7,7 @@ import logging
 
 from aiohttp import ClientSession, web
 
+from ..unziplora.compat import prompt_server
 from .runtime import service
 
 log = logging.getLogger("unziplora")
@@ -85,13 +86,10 @@ def register_routes() -> None:
     global _registered
     if _registered:
         return
-    try:
-        from server import PromptServer
-    except ImportError:  # unit tests without a server
+    server = prompt_server()
+    if server is None:  # unit tests and scripts: no running server
         return
-    if PromptServer.instance is None:
-        return
-    routes = PromptServer.instance.routes
+    routes = server.routes
     routes.get("/unziplora/jobs")(list_jobs)
     routes.get("/unziplora/jobs/{job_id}")(get_job)
     routes.post("/unziplora/jobs/{job_id}/cancel")(cancel_job)

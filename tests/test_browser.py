@@ -153,6 +153,8 @@ def open_app(page, url: str, first_visit: bool = False) -> None:
         close_templates_dialog(page)
 
 
+# the sidebar tab's button: a class named after the tab id in 1.32, a data-testid in 1.58
+SIDEBAR_TAB_BUTTON = "button.unziplora-jobs-tab-button, button[data-testid='unziplora-jobs-tab-button']"
 TEMPLATES_DIALOG = ".p-dialog[aria-labelledby='global-workflow-template-selector']"
 
 
@@ -430,7 +432,7 @@ def test_help_page(session):
 
 def test_jobs_sidebar(session):
     page, server = session["page"], session["server"]
-    page.locator("button.unziplora-jobs-tab-button").click()
+    page.locator(SIDEBAR_TAB_BUTTON).first.click()
     page.wait_for_selector(".uzl-joblist .uzl-card", timeout=15_000)
     cards = page.evaluate("""() => [...document.querySelectorAll('.uzl-joblist .uzl-card')].map((c) => ({
         id: c.dataset.job, state: c.dataset.state,
