@@ -524,16 +524,22 @@ def starve_sampler_memory(monkeypatch) -> None:
     """Make comfy.samplers see no free memory, so cond and uncond run as separate batches ("low VRAM").
 
     Only the sampler's calls are answered with 0: model loading asks the same function and must still see the
-    real amount. 0.3.75's samplers held the module as ``comfy.samplers.model_management``; 0.33.0 calls
-    ``comfy.model_management.get_free_memory`` by its full name; patching the function itself covers both.
+    real amount. 0.3.75's samplers held the module as ``comfy.samplers.model_management``; 0.33.0 asks
+    ``ModelPatcher.get_free_memory``, which asks ``comfy.model_management.get_free_memory``. Patching that
+    function and looking two callers up covers both.
     """
     import comfy.model_management
 
     real = comfy.model_management.get_free_memory
 
     def get_free_memory(*args, **kwargs):
-        if sys._getframe(1).f_globals.get("__name__") == "comfy.samplers":
-            return 0
+        frame = sys._getframe(1)
+        for _ in range(2):
+            if frame is None:
+                break
+            if frame.f_globals.get("__name__") == "comfy.samplers":
+                return 0
+            frame = frame.f_back
         return real(*args, **kwargs)
 
     monkeypatch.setattr(comfy.model_management, "get_free_memory", get_free_memory)
