@@ -16,6 +16,7 @@ import logging
 from aiohttp import ClientSession, web
 
 from ..training.jobs import ResumeRefused, valid_job_id
+from ..unziplora.compat import prompt_server
 from .runtime import service
 
 log = logging.getLogger("unziplora")
@@ -155,15 +156,6 @@ def _prompt_waiting(server, prompt_id: str | None) -> bool:
     return any(len(item) > 1 and item[1] == prompt_id for item in list(running) + list(queued))
 
 
-def _prompt_server():
-    """ComfyUI's PromptServer, or None (0.33 has no `instance` attribute before a server exists)."""
-    try:
-        from server import PromptServer
-    except ImportError:  # unit tests without a server
-        return None
-    return getattr(PromptServer, "instance", None)
-
-
 async def resume_job(request: web.Request) -> web.Response:
     global _resume_lock
     if _resume_lock is None:
@@ -173,7 +165,7 @@ async def resume_job(request: web.Request) -> web.Response:
     client_id = body.get("client_id")
     if client_id is not None and (not isinstance(client_id, str) or len(client_id) > MAX_CLIENT_ID):
         raise BadRequest(f"client_id must be a string of at most {MAX_CLIENT_ID} characters, or null")
-    server = _prompt_server()
+    server = prompt_server()
     if server is None:
         return _error(503, "ComfyUI's prompt server is not running")
     async with _resume_lock:
@@ -210,8 +202,8 @@ def register_routes() -> None:
     global _registered
     if _registered:
         return
-    server = _prompt_server()
-    if server is None:
+    server = prompt_server()
+    if server is None:  # unit tests and scripts: no running server
         return
     routes = server.routes
     routes.get("/unziplora/jobs")(list_jobs)

@@ -9,6 +9,7 @@ import threading
 from ..training.jobs import JobManager
 from ..training.paths import PathDisplay
 from ..training.service import OutputDirs, TrainingService
+from ..unziplora.compat import prompt_server
 
 log = logging.getLogger("unziplora")
 _lock = threading.Lock()
@@ -45,12 +46,9 @@ def path_display() -> PathDisplay:
 
 
 def _emit(event: str, data: dict) -> None:
-    try:
-        from server import PromptServer
-    except ImportError:
-        return
-    if PromptServer.instance is not None:
-        PromptServer.instance.send_sync(event, data, None)  # None: every browser tab sees every job
+    server = prompt_server()
+    if server is not None:
+        server.send_sync(event, data, None)  # None: every browser tab sees every job
 
 
 def service() -> TrainingService:

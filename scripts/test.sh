@@ -1,16 +1,55 @@
 #!/usr/bin/env bash
 # The README's test command: installs everything it needs (scripts/setup_dev.sh, fast when already done),
-# lints, then runs the whole test suite, live ComfyUI server and browser tests included.
+# lints, then runs the whole test suite (unit, live ComfyUI server and browser tests) on each host:
+#   host a  ComfyUI 0.3.75 with its pinned frontend 1.32.9 (always)
+#   host b  ComfyUI 0.33.0 with frontend 1.58.1, when ../shared/hosts/comfyui-0.33.0.tar.gz is there
+#           ($UNZIPLORA_HOSTS_DIR elsewhere); without it host b is skipped, and the run says so.
+# UNZIPLORA_TEST_HOSTS="a" (or "b") runs one host; COMFYUI_DIR=<your ComfyUI> runs only against that one.
+# Arguments go to pytest (e.g. `bash scripts/test.sh tests/test_compat.py -x`).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
-bash scripts/setup_dev.sh
 venv=${UNZIPLORA_VENV:-$repo/.venv}
+hosts_dir=${UNZIPLORA_HOSTS_DIR:-$repo/../shared/hosts}
+say() { printf '[test] %s\n' "$*"; }
+
+if [ -n "${COMFYUI_DIR:-}" ]; then
+  hosts=a
+  say "COMFYUI_DIR=$COMFYUI_DIR: testing that ComfyUI only (host b skipped)"
+elif [ -n "${UNZIPLORA_TEST_HOSTS:-}" ]; then
+  hosts=$UNZIPLORA_TEST_HOSTS
+else
+  hosts="a b"
+fi
+case " $hosts " in
+  *" b "*)
+    if [ -z "${COMFYUI_DIR:-}" ] && [ ! -f "$hosts_dir/comfyui-0.33.0.tar.gz" ] \
+        && [ ! -f "$repo/.comfyui-0.33.0/.extracted-0.33.0" ]; then
+      say "host b SKIPPED: no $hosts_dir/comfyui-0.33.0.tar.gz (testing ComfyUI 0.3.75 only)"
+      hosts=${hosts//b/}
+    fi ;;
+esac
+
+for h in $hosts; do bash scripts/setup_dev.sh --host "$h"; done
 "$venv/bin/ruff" check .
-set +e
-"$venv/bin/python" -m pytest -q --durations=15 "$@"
-rc=$?
-set -e
-# pytest exits 5 when nothing was collected: that is a failure here, never a pass.
-if [ "$rc" -eq 5 ]; then echo "[test] ERROR: no tests were collected" >&2; exit 1; fi
-exit "$rc"
+
+results=() failed=0
+for h in $hosts; do
+  t0=$(date +%s)
+  set +e
+  if [ "$h" = b ]; then
+    # host b's paths, written by setup_dev.sh --host b
+    (set -a; . "$repo/.comfyui-b.env"; set +a; "$venv/bin/python" -m pytest -q --durations=15 "$@")
+  else
+    "$venv/bin/python" -m pytest -q --durations=15 "$@"
+  fi
+  rc=$?
+  set -e
+  # pytest exits 5 when nothing was collected: that is a failure here, never a pass.
+  if [ "$rc" -eq 5 ]; then say "ERROR: no tests were collected on host $h"; rc=1; fi
+  [ "$rc" -eq 0 ] || failed=1
+  results+=("host $h: $([ "$rc" -eq 0 ] && echo passed || echo "FAILED (pytest exit $rc)") in $(( $(date +%s) - t0 )) s")
+done
+for r in "${results[@]}"; do say "$r"; done
+case " $hosts " in *" b "*) ;; *) say "host b (ComfyUI 0.33.0, frontend 1.58.1) was not tested" ;; esac
+exit "$failed"

@@ -61,6 +61,17 @@ def ensure_tiny_checkpoint(cache_dir=None) -> Path:
     return _tiny_sdxl_module().ensure_tiny_checkpoint(cache_dir)
 
 
+def frontend_args() -> list[str]:
+    """``--front-end-root <dir>`` when $UNZIPLORA_FRONTEND_ROOT names one (host b's own frontend, see
+    scripts/setup_dev.sh); otherwise ComfyUI serves the frontend installed in site-packages."""
+    root = os.environ.get("UNZIPLORA_FRONTEND_ROOT")
+    if not root:
+        return []
+    if not (Path(root) / "index.html").is_file():
+        raise ServerError(f"UNZIPLORA_FRONTEND_ROOT={root} has no index.html: run `bash scripts/setup_dev.sh --host b`")
+    return ["--front-end-root", str(root)]
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((HOST, 0))
@@ -262,7 +273,8 @@ def start_server(base_dir: Path, *, port: int | None = None, extra_args=(), extr
         p = port if port is not None else free_port()
         lp = Path(log_path) if log_path else base_dir / f"comfyui-{p}.log"
         cmd = [python or sys.executable, str(comfy / "main.py"), *(["--cpu"] if cpu else []), "--listen", HOST, "--port", str(p),
-               "--base-directory", str(base_dir), "--database-url", "sqlite:///:memory:", *map(str, extra_args)]
+               "--base-directory", str(base_dir), "--database-url", "sqlite:///:memory:", *frontend_args(),
+               *map(str, extra_args)]
         log_file = open(lp, "ab")
         offset = log_file.tell()
         log_file.write(("$ " + " ".join(cmd) + "\n").encode())
@@ -468,6 +480,69 @@ def events_of(events: list[dict], type_: str, prompt_id: str | None = None) -> l
             if prompt_id is None or d.get("prompt_id") == prompt_id:
                 out.append(d)
     return out
+
+
+# ------------------------------------------------------------------------------------- host differences
+# Tests run on two hosts (scripts/test.sh): ComfyUI 0.3.75 + frontend 1.32.9 and 0.33.0 + 1.58.1. What a test
+# expects differently on them comes from here; the facts themselves live in unziplora/compat.py.
+
+
+def compat():
+    """The pack's unziplora.compat module, as the tests import the pack (conftest: package unziplora_pack)."""
+    import importlib
+
+    return importlib.import_module("unziplora_pack.unziplora.compat")
+
+
+def frontend_version() -> str:
+    """The frontend the servers serve: $UNZIPLORA_FRONTEND_ROOT's package, else site-packages' ("" if none)."""
+    import importlib.metadata
+
+    root = os.environ.get("UNZIPLORA_FRONTEND_ROOT")
+    if root:
+        for dist in importlib.metadata.distributions(path=[str(Path(root).parents[1])]):
+            if dist.metadata["Name"].lower().replace("_", "-") == "comfyui-frontend-package":
+                return dist.version
+        return "unknown"
+    try:
+        return importlib.metadata.version("comfyui-frontend-package")
+    except importlib.metadata.PackageNotFoundError:
+        return ""
+
+
+def host_description() -> str:
+    version = ".".join(map(str, compat().comfy_version()))
+    return f"ComfyUI {version} at {comfy_dir()}, frontend {frontend_version() or 'none'}"
+
+
+def unknown_node_error() -> str:
+    """The error type POST /prompt answers for a class_type no node has."""
+    return compat().unknown_node_error()
+
+
+def starve_sampler_memory(monkeypatch) -> None:
+    """Make comfy.samplers see no free memory, so cond and uncond run as separate batches ("low VRAM").
+
+    Only the sampler's calls are answered with 0: model loading asks the same function and must still see the
+    real amount. 0.3.75's samplers held the module as ``comfy.samplers.model_management``; 0.33.0 asks
+    ``ModelPatcher.get_free_memory``, which asks ``comfy.model_management.get_free_memory``. Patching that
+    function and looking two callers up covers both.
+    """
+    import comfy.model_management
+
+    real = comfy.model_management.get_free_memory
+
+    def get_free_memory(*args, **kwargs):
+        frame = sys._getframe(1)
+        for _ in range(2):
+            if frame is None:
+                break
+            if frame.f_globals.get("__name__") == "comfy.samplers":
+                return 0
+            frame = frame.f_back
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(comfy.model_management, "get_free_memory", get_free_memory)
 
 
 # ----------------------------------------------------------------------------------------------- fixtures

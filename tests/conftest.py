@@ -56,3 +56,9 @@ def tiny_sdxl():
 
 # --- live ComfyUI server fixtures (tests/comfy_server.py) ---
 from comfy_server import comfy_client, comfy_server, tiny_checkpoint  # noqa: E402, F401
+
+
+def pytest_report_header(config):
+    from comfy_server import host_description
+
+    return f"host: {host_description()}"

@@ -7,6 +7,7 @@ import copy
 
 import pytest
 import torch
+from comfy_server import starve_sampler_memory
 from pair_helpers import random_lora, save_lora
 from tiny_models import random_conditioning
 
@@ -156,18 +157,6 @@ def test_crossing_two_runs_adds_a_content_and_b_style(tiny_sdxl, run_a, tmp_path
             assert float((dual.delta(x, xc, xs) - expected).abs().max()) <= 1e-5, t.path
 
 
-class _NoFreeMemory:
-    """comfy.samplers' view of model_management with no free memory: every entry runs on its own."""
-
-    def __getattr__(self, name):
-        import comfy.model_management
-
-        return getattr(comfy.model_management, name)
-
-    def get_free_memory(self, *args, **kwargs):
-        return 0
-
-
 def _rel(a, b) -> float:
     return float((a - b).abs().max() / b.abs().max())
 
@@ -208,7 +197,7 @@ def test_conditioning_nodes_compose_and_deltas_are_cached(tiny_sdxl, run_a, monk
     assert len(deltas) == 22  # the 22 attn2 K/V deltas once for the whole run, not once per step
     for name, positive in (("areas", areas), ("concat", concat), ("concat_mixed", concat_mixed)):
         results[name] = sample(patched, positive)
-    monkeypatch.setattr(comfy.samplers, "model_management", _NoFreeMemory())
+    starve_sampler_memory(monkeypatch)
     forwards.clear()
     split = {"combine": sample(spy_m, combined, steps=2)}
     assert forwards == [1, 1, 1] * 2

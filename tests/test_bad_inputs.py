@@ -101,7 +101,7 @@ def api(app_server, tmp_path, monkeypatch):
     monkeypatch.setattr(routes, "service", lambda: FakeService(manager))
     app_server["server"].posted.clear()
     app_server["server"].prompt_queue.queued.clear()
-    monkeypatch.setattr(routes, "_prompt_server", lambda: app_server["server"], raising=False)
+    monkeypatch.setattr(routes, "prompt_server", lambda: app_server["server"])
     fake_module = type(sys)("server")
     fake_module.PromptServer = type("PromptServer", (), {"instance": app_server["server"]})
     monkeypatch.setitem(sys.modules, "server", fake_module)  # what the routes import inside ComfyUI

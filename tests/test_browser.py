@@ -153,16 +153,25 @@ def open_app(page, url: str, first_visit: bool = False) -> None:
         close_templates_dialog(page)
 
 
-TEMPLATES_DIALOG = ".p-dialog[aria-labelledby='global-workflow-template-selector']"
+# the sidebar tab's button: a class named after the tab id in 1.32, a data-testid in 1.58
+SIDEBAR_TAB_BUTTON = "button.unziplora-jobs-tab-button, button[data-testid='unziplora-jobs-tab-button']"
+# the Templates dialog a first visit opens: PrimeVue's in 1.32, a reka dialog (with its own overlay) in 1.58
+TEMPLATES_DIALOG = (".p-dialog[aria-labelledby='global-workflow-template-selector'], "
+                    "[role=dialog][data-dialog-key='global-workflow-template-selector']")
+DIALOG_OVERLAY = ".p-dialog-mask, [data-testid=dialog-overlay]"
 
 
-def close_templates_dialog(page, timeout: float = 30.0) -> None:
+def close_templates_dialog(page, timeout: float = 60.0) -> None:
     """A first visit loads a blank workflow, then opens the Templates dialog: wait for it and close it (after
     that the graph is ours to replace)."""
     page.wait_for_selector(TEMPLATES_DIALOG, state="visible", timeout=timeout * 1000)
-    page.locator(f"{TEMPLATES_DIALOG} button:has(.pi-times)").click()
+    close_132 = page.locator(".p-dialog[aria-labelledby='global-workflow-template-selector'] button:has(.pi-times)")
+    if close_132.count():
+        close_132.first.click()
+    else:
+        page.keyboard.press("Escape")
     page.wait_for_selector(TEMPLATES_DIALOG, state="detached", timeout=10_000)
-    page.wait_for_selector(".p-dialog-mask", state="detached", timeout=10_000)
+    page.wait_for_selector(DIALOG_OVERLAY, state="detached", timeout=10_000)
 
 
 def load_workflow(page, prompt: dict, name: str = "unziplora_browser_test", api_file: bool = False) -> None:
@@ -171,7 +180,7 @@ def load_workflow(page, prompt: dict, name: str = "unziplora_browser_test", api_
     after loadApiJson, as when a user drops an API-format file (the graph keeps litegraph's nil id)."""
     page.evaluate("""async ([prompt, name, apiFile]) => {
         const app = window.app;
-        app.loadApiJson(prompt, name);
+        await app.loadApiJson(prompt, name);  // async in 1.58 (a promise), sync in 1.32
         if (!apiFile) {
             const wf = app.graph.serialize();
             delete wf.id;
@@ -430,7 +439,7 @@ def test_help_page(session):
 
 def test_jobs_sidebar(session):
     page, server = session["page"], session["server"]
-    page.locator("button.unziplora-jobs-tab-button").click()
+    page.locator(SIDEBAR_TAB_BUTTON).first.click()
     page.wait_for_selector(".uzl-joblist .uzl-card", timeout=15_000)
     cards = page.evaluate("""() => [...document.querySelectorAll('.uzl-joblist .uzl-card')].map((c) => ({
         id: c.dataset.job, state: c.dataset.state,

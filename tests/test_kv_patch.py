@@ -7,6 +7,7 @@ import copy
 
 import pytest
 import torch
+from comfy_server import starve_sampler_memory
 from tiny_models import random_conditioning
 
 from unziplora_pack.unziplora import content_style, kv_patch
@@ -44,18 +45,6 @@ def _sample(model, positive, negative, cfg, steps=2, seed=0):
                                disable_pbar=True, seed=seed)
 
 
-class _NoFreeMemory:
-    """comfy.samplers' view of model_management, reporting no free memory: cond and uncond run apart."""
-
-    def __getattr__(self, name):
-        import comfy.model_management
-
-        return getattr(comfy.model_management, name)
-
-    def get_free_memory(self, *args, **kwargs):
-        return 0
-
-
 def assert_close(a, b, rel=1e-5):
     """Samples of a random tiny UNet are ~1e2 (sigma_max x noise): compare relative to the scale."""
     err = ((a - b).abs().max() / b.abs().max()).item()
@@ -87,7 +76,7 @@ def test_sampling_batched_split_cfg1_and_unpatch(tiny_sdxl, lora, monkeypatch):
     batched = _sample(patched, pos, neg, cfg=5.0)
     assert [r[0].shape[0] for r in records] == [2, 2]  # cond and uncond ran as one batch
     records.clear()
-    monkeypatch.setattr(comfy.samplers, "model_management", _NoFreeMemory())  # "low VRAM": split batches
+    starve_sampler_memory(monkeypatch)  # "low VRAM": split batches
     split = _sample(patched, pos, neg, cfg=5.0)
     monkeypatch.undo()
     assert [r[0].shape[0] for r in records] == [1, 1, 1, 1]
