@@ -102,6 +102,8 @@ def from_model(model) -> Objective:
     cls = type(ms)
     kinds = {ms_mod.EPS.calculate_denoised: "eps", ms_mod.V_PREDICTION.calculate_denoised: "v"}
     prediction = kinds.get(getattr(cls, "calculate_denoised", None))
+    if getattr(cls, "calculate_input", None) is not ms_mod.EPS.calculate_input:
+        prediction = None  # noised() feeds x_t scaled by 1 / sqrt(1 + sigma^2), as EPS / V_PREDICTION do
     # the discrete schedule maps sigma <-> timestep index; EDM / continuous / LCM / flow samplers map differently
     discrete = (isinstance(ms, ms_mod.ModelSamplingDiscrete)
                 and getattr(cls, "timestep", None) is ms_mod.ModelSamplingDiscrete.timestep)
