@@ -12,6 +12,12 @@ from .train import build_combined_prompt
 
 log = logging.getLogger("unziplora")
 
+# what an empty negative prompt becomes (the unconditional branch of CFG)
+EMPTY_NEGATIVE = {
+    "encode": "CLIP's encoding of the empty prompt, zero content / style streams",
+    "zeros": "all zero: tokens, pooled vector and streams (the authors' diffusers pipeline)",
+}
+
 
 def _encode(clip, text: str):
     if clip is None:
@@ -64,6 +70,11 @@ class UnZipLoRAPrompts(io.ComfyNode):
                                         "Empty: the style pair's trained prompt (or the combined prompt)."),
                 io.String.Input("negative_prompt", default="", multiline=True, dynamic_prompts=True,
                                 tooltip="Negative prompt. Its content and style streams are zero, as in the paper."),
+                io.Combo.Input("empty_negative", options=list(EMPTY_NEGATIVE), default="encode", optional=True,
+                               tooltip="What an empty negative prompt is. encode (default): CLIP's encoding of the "
+                                       "empty prompt, as CLIP Text Encode gives it, with zero content / style streams. "
+                                       "zeros: the authors' pipeline: tokens, pooled vector and streams all zero. "
+                                       "A negative prompt with text is always encoded."),
                 PairType.Input("content_from", optional=True,
                                tooltip="Optional: the pair whose prompts fill empty content / combined fields."),
                 PairType.Input("style_from", optional=True,
@@ -72,13 +83,17 @@ class UnZipLoRAPrompts(io.ComfyNode):
             ],
             outputs=[
                 io.Conditioning.Output("positive", tooltip="Combined prompt carrying the content and style streams."),
-                io.Conditioning.Output("negative", tooltip="Negative prompt with zero content and style streams."),
+                io.Conditioning.Output("negative", tooltip="Negative prompt with zero content and style streams (all "
+                                                           "zero if empty and empty_negative is zeros)."),
             ],
         )
 
     @classmethod
     def execute(cls, clip, prompt, content_prompt, style_prompt, negative_prompt, content_from=None,
-                style_from=None) -> io.NodeOutput:
+                style_from=None, empty_negative="encode") -> io.NodeOutput:
+        if empty_negative not in EMPTY_NEGATIVE:
+            raise ValueError(f"UnZipLoRA Prompts: empty_negative must be one of {', '.join(EMPTY_NEGATIVE)}; "
+                             f"got {empty_negative!r}")
         used = resolve_prompts(prompt, content_prompt, style_prompt, content_from, style_from)
         positive = _encode(clip, used["combined"])
         streams = {}
@@ -86,7 +101,8 @@ class UnZipLoRAPrompts(io.ComfyNode):
             text = used[role]
             streams[role] = positive if not text or text == used["combined"] else _encode(clip, text)
         positive = with_streams(positive, streams["content"], streams["style"])
-        negative = with_zero_streams(_encode(clip, negative_prompt))
+        zero_main = empty_negative == "zeros" and not negative_prompt.strip()
+        negative = with_zero_streams(_encode(clip, negative_prompt), zero_main=zero_main)
         log.info("UnZipLoRA Prompts: combined %r, content %r, style %r", used["combined"], used["content"],
                  used["style"])
         return io.NodeOutput(positive, negative)

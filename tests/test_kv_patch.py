@@ -220,3 +220,87 @@ def test_long_prompts_pad_or_refuse():
         kv_patch.with_streams(conds, xc, torch.randn(1, 231, 2048))
     with pytest.raises(RuntimeError, match="without its prompt streams"):
         patch(torch.zeros(1, 6, 128), torch.zeros(1, 77, 128), torch.zeros(1, 77, 128), {"n_heads": 4})
+
+
+class _TextClip:
+    """CLIP stand-in for UnZipLoRA Prompts: 77 tokens per 75 words, values fixed by the text (the empty prompt too)."""
+
+    def tokenize(self, text):
+        return text
+
+    def encode_from_tokens_scheduled(self, text):
+        chunks = max(1, -(-len(text.split()) // 75))
+        g = torch.Generator().manual_seed(sum(map(ord, text)) + 7)
+        return [[torch.randn(1, 77 * chunks, 2048, generator=g),
+                 {"pooled_output": torch.randn(1, 1280, generator=g), "width": 1024, "height": 1024}]]
+
+
+def _prompts(negative="", empty_negative="encode"):
+    from unziplora_pack.nodes.prompts import UnZipLoRAPrompts
+
+    return UnZipLoRAPrompts.execute(_TextClip(), "a sks cat in sketch style", "a sks cat", "a cat in sketch style",
+                                    negative, empty_negative=empty_negative).args
+
+
+@pytest.mark.parametrize("negative", ["", "blurry, low quality"])
+def test_uncond_streams_are_exactly_zero(negative):
+    """The unconditional branch of the method: content and style streams are zero tensors shaped like the negative's
+    own tokens (not those tokens: with them each LoRA would act on the negative as an ordinary LoRA), the key is the
+    negative's tokens, and the tokens and pooled vector stay CLIP's (default empty_negative=encode)."""
+    _, negative_cond = _prompts(negative)
+    x_ref, ref_opts = _TextClip().encode_from_tokens_scheduled(negative)[0]
+    (x, opts), = negative_cond
+    conds = opts["model_conds"]
+    assert torch.equal(x, x_ref) and torch.equal(opts["pooled_output"], ref_opts["pooled_output"])
+    for key in (kv_patch.CONTENT_COND, kv_patch.STYLE_COND):
+        stream = conds[key].cond
+        assert stream.shape == x.shape and stream.count_nonzero() == 0, key
+    assert torch.equal(conds[kv_patch.KEY_COND].cond, x)
+    # several entries and long prompts: each entry gets zeros of its own length
+    long_x = torch.randn(1, 154, 2048)
+    many = kv_patch.with_zero_streams([[x, {}], [long_x, {"pooled_output": torch.ones(1, 1280)}]])
+    assert [e[1]["model_conds"][kv_patch.STYLE_COND].cond.shape[1] for e in many] == [77, 154]
+    assert all(e[1]["model_conds"][k].cond.count_nonzero() == 0 for e in many
+               for k in (kv_patch.CONTENT_COND, kv_patch.STYLE_COND))
+    assert torch.equal(many[1][0], long_x) and torch.equal(many[1][1]["pooled_output"], torch.ones(1, 1280))
+
+
+def test_empty_negative_zeros_is_the_authors_all_zero_uncond():
+    (x, opts), = _prompts("", "zeros")[1]
+    assert x.shape == (1, 77, 2048) and x.count_nonzero() == 0
+    assert opts["pooled_output"].shape == (1, 1280) and opts["pooled_output"].count_nonzero() == 0
+    assert opts["width"] == 1024  # size conditioning stays, as in the authors' pipeline
+    assert all(opts["model_conds"][k].cond.count_nonzero() == 0 for k in (kv_patch.CONTENT_COND, kv_patch.STYLE_COND))
+    # a negative with text is encoded whatever the option says
+    (x_text, _), = _prompts("blurry", "zeros")[1]
+    assert torch.equal(x_text, _TextClip().encode_from_tokens_scheduled("blurry")[0][0])
+    with pytest.raises(ValueError, match="empty_negative must be one of encode, zeros; got 'none'"):
+        _prompts("", "none")
+
+
+def test_uncond_branch_reaches_attention_without_lora_kv(tiny_sdxl, lora):
+    """Through ComfyUI's batched CFG: in the unconditional rows the K that reaches attention is W0 x_neg (the LoRA
+    adds B A 0 = 0), in the conditional rows it carries the content / style deltas."""
+    positive, negative = _prompts("blurry, low quality")
+    w0 = tiny_sdxl.model.diffusion_model.get_submodule("middle_block.1.transformer_blocks.0.attn2.to_k").weight
+    seen = []
+
+    def spy(q, k, v, extra):
+        seen.append((k.clone(), list(extra["cond_or_uncond"])))
+        import comfy.ldm.modules.attention as attention
+
+        return attention.optimized_attention(q, k, v, extra["n_heads"], transformer_options=extra)
+
+    m = tiny_sdxl.clone()
+    m.set_model_attn2_replace(spy, "middle", 0, 0)  # the K/V patch adds its deltas, then calls this
+    _sample(kv_patch.install(m, lora), positive, negative, cfg=4.0, steps=1)
+    (k, order), = seen
+    assert sorted(order) == [0, 1]
+    x = {0: positive[0][0], 1: negative[0][0]}  # cond_or_uncond: 0 = cond, 1 = uncond
+    for row, which in enumerate(order):
+        base = x[which] @ w0.T
+        err = ((k[row] - base[0]).abs().max() / base.abs().max()).item()
+        if which == 1:
+            assert err < 1e-5, f"the LoRA changed the unconditional K (relative {err:.1e})"
+        else:
+            assert err > 1e-3, "the spy sees no LoRA delta in the conditional K"

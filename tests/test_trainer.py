@@ -126,7 +126,7 @@ def test_previews_render_each_kind_and_leave_training_unchanged(make_inputs, tmp
 
     inputs.preview = PreviewInputs(negative=neg, negative_adm=inputs.adm.clone(), decode=decode)
     trainer = Trainer(inputs, cfg)
-    renderer = PreviewRenderer(inputs.preview, inputs, cfg, trainer.alphas_cumprod, trainer.device, trainer.dtype,
+    renderer = PreviewRenderer(inputs.preview, inputs, cfg, trainer.objective, trainer.device, trainer.dtype,
                                str(tmp_path), "unziplora/previews/job")
     got = []
     result = trainer.run(previews=renderer, on_preview=got.extend)

@@ -48,14 +48,46 @@ def init_weights_(module: torch.nn.Module, seed: int = 0, std: float = 0.02) -> 
                 p.copy_(torch.randn(p.shape, generator=g) * std)
 
 
-def build_tiny_sdxl(seed: int = 0, dtype=torch.float32):
-    """A ModelPatcher around comfy.model_base.SDXL with the tiny config and seeded random weights."""
+# Depth layouts of the SDXL family that keeps SDXL's block names (comfy/model_detection.py, the SSD_1B,
+# Segmind_Vega, KOALA_700M and KOALA_1B configs), for the tiny widths. transformer_depth_output is read from its end
+# (output_blocks.0 first); middle -1 = a ResBlock only, -2 = no middle block at all.
+FAMILY_DEPTHS = {
+    "ssd1b": dict(transformer_depth=[0, 0, 2, 2, 4, 4], transformer_depth_output=[0, 0, 0, 1, 1, 2, 10, 4, 4],
+                  transformer_depth_middle=-1),
+    "vega": dict(transformer_depth=[0, 0, 1, 1, 2, 2], transformer_depth_output=[0, 0, 0, 1, 1, 1, 2, 2, 2],
+                 transformer_depth_middle=-1),
+    "koala700m": dict(num_res_blocks=[1, 1, 1], transformer_depth=[0, 2, 5], transformer_depth_output=[0, 0, 2, 2, 5, 5],
+                      transformer_depth_middle=-2),
+    "koala1b": dict(num_res_blocks=[1, 1, 1], transformer_depth=[0, 2, 6], transformer_depth_output=[0, 0, 2, 2, 6, 6],
+                    transformer_depth_middle=6),
+}
+
+
+def tiny_config(**changes) -> dict:
+    """TINY_UNET_CONFIG with other depths (FAMILY_DEPTHS[...] or any layout)."""
+    return dict(TINY_UNET_CONFIG, **changes)
+
+
+def build_tiny_sdxl(seed: int = 0, dtype=torch.float32, unet_config: dict | None = None, prediction: str = "eps",
+                    zsnr: bool = False):
+    """A ModelPatcher around comfy.model_base.SDXL with the tiny config and seeded random weights.
+
+    prediction "v" / zsnr: built the way ComfyUI's loader builds a checkpoint carrying the "v_pred" / "ztsnr" keys
+    (NoobAI v-pred and other zero-terminal-SNR finetunes).
+    """
     import comfy.model_patcher
     import comfy.supported_models
 
-    config = comfy.supported_models.SDXL(dict(TINY_UNET_CONFIG))
+    config = comfy.supported_models.SDXL(dict(unet_config or TINY_UNET_CONFIG))
     config.set_inference_dtype(dtype, None)
-    model = config.get_model({})
+    markers = {}
+    if prediction == "v":
+        markers["v_pred"] = torch.tensor([])
+        if zsnr:
+            markers["ztsnr"] = torch.tensor([])
+    elif prediction != "eps" or zsnr:
+        raise ValueError(f"tiny SDXL: prediction eps or v (zsnr only with v), got {prediction!r} zsnr={zsnr}")
+    model = config.get_model(markers)
     init_weights_(model.diffusion_model, seed)
     model.diffusion_model.to(dtype)
     return comfy.model_patcher.ModelPatcher(model, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))

@@ -1,7 +1,7 @@
 """The UnZipLoRA optimisation loop (method.md "Loss and optimisation"), resumable from checkpoints.
 
-One step: random latent crop + fresh posterior sample, t ~ U{0..999}, DDPM noising with SDXL's scaled-linear
-betas, epsilon-prediction MSE (+ L_orth while masks are on), backward, the column schedule, grad-norm clip,
+One step: random latent crop + fresh posterior sample, t ~ U{0..999}, DDPM noising over the model's own sigmas,
+MSE toward the model's own target (eps or v, objective.py; the paper's SDXL is eps) (+ L_orth while masks are on), backward, the column schedule, grad-norm clip,
 AdamW, merger clamp. All randomness comes from one CPU generator whose state is checkpointed, so a resumed run
 ends with the same weights as an uninterrupted one.
 """
@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
-import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -27,14 +26,9 @@ from ..unziplora.roles import get_mode
 from ..unziplora.schedule import ColumnSchedule, orth_loss
 from .config import TrainConfig
 from .data import LatentPosteriors, PromptStreams
+from .objective import Objective, ddpm_alphas_cumprod, describe_state, sdxl_default  # noqa: F401 (re-export)
 
 CHECKPOINT_VERSION = 1
-
-
-def ddpm_alphas_cumprod(steps: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012) -> torch.Tensor:
-    """SDXL's scaled-linear schedule: betas linear in sqrt space."""
-    betas = torch.linspace(beta_start**0.5, beta_end**0.5, steps, dtype=torch.float64) ** 2
-    return torch.cumprod(1.0 - betas, dim=0)
 
 
 @dataclass
@@ -49,6 +43,7 @@ class TrainInputs:
     info: dict = field(default_factory=dict)
     preview: object | None = None  # previews.PreviewInputs when previews were asked for
     thumbnail: object | None = None  # the first training image, small (uint8 HxWx3): the files' fallback thumbnail
+    objective: Objective | None = None  # the model's target and schedule (objective.from_model); None: SDXL's eps
 
 
 @dataclass
@@ -100,7 +95,7 @@ class Trainer:
         self.checkpoint_dir = checkpoint_dir
         self.mode = get_mode(config.mode)
         self.dtype, self.use_scaler = pick_precision(self.config, self.device)
-        self.alphas_cumprod = ddpm_alphas_cumprod()
+        self.objective = inputs.objective or sdxl_default()
 
     # ---- set-up -----------------------------------------------------------------------------------------
     def _setup(self):
@@ -125,18 +120,18 @@ class Trainer:
     def _loss(self, unet, lora, streams: PromptStreams, gen: torch.Generator, schedule) -> torch.Tensor:
         latent_size = self.config.resolution // 8
         x0 = self.inputs.posteriors.sample_crop(latent_size, gen)
-        t = int(torch.randint(0, 1000, (1,), generator=gen))
+        t = int(torch.randint(0, self.objective.num_timesteps, (1,), generator=gen))
         noise = torch.randn(x0.shape, generator=gen)
-        a = float(self.alphas_cumprod[t])
-        xt = (math.sqrt(a) * x0 + math.sqrt(1.0 - a) * noise).to(self.device, self.dtype)
+        xt, target = self.objective.noised(x0, noise, t)
+        xt = xt.to(self.device, self.dtype)
         timesteps = torch.full((1,), float(t), device=self.device)
         autocast = (torch.autocast(self.device.type, dtype=self.dtype) if self.dtype != torch.float32
                     else contextlib.nullcontext())
         separate = self.mode.prompt_separation  # naive / B-LoRA: both LoRAs read the combined prompt
         with autocast:
-            eps = predict_eps(unet, lora, xt, timesteps, streams.x, self.inputs.adm.to(self.device),
+            out = predict_eps(unet, lora, xt, timesteps, streams.x, self.inputs.adm.to(self.device),
                               content=streams.x_c if separate else None, style=streams.x_s if separate else None)
-        loss = F.mse_loss(eps.float(), noise.to(self.device))
+        loss = F.mse_loss(out.float(), target.to(self.device))
         if schedule.orth_active:
             loss = loss + orth_loss(lora, self.config.orth_lambda)
         return loss
@@ -207,6 +202,7 @@ class Trainer:
             "step": step,
             "config": self.config.to_json(),
             "base_fingerprint": self.inputs.base_fingerprint,
+            "objective": self.objective.state(),
             "lora": {k: v.detach().cpu() for k, v in lora.state_dict().items()},
             "schedule": schedule.state_dict(),
             "optimizer": optimizer.state_dict(),
@@ -244,6 +240,9 @@ class Trainer:
                              "resume with the same settings")
         if self.inputs.base_fingerprint and state["base_fingerprint"] not in ("", self.inputs.base_fingerprint):
             raise ValueError(f"checkpoint {path} was trained on another base model: resume with the same model")
+        if state.get("objective", self.objective.state()) != self.objective.state():
+            raise ValueError(f"checkpoint {path} was trained for {describe_state(state['objective'])}, this model uses "
+                             f"{self.objective.describe()}: resume with the same model sampling")
         lora.load_state_dict(state["lora"])
         schedule.load_state_dict(state["schedule"])
         optimizer.load_state_dict(state["optimizer"])

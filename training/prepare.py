@@ -9,10 +9,13 @@ from __future__ import annotations
 import torch
 
 from ..unziplora.kv_patch import sdxl_y
+from ..unziplora.roles import get_mode
+from ..unziplora.targets import find_targets
 from .config import TrainConfig
 from .data import LatentPosteriors, PromptStreams, encode_posteriors, encode_prompts
 from .loop import TrainInputs
 from .model_copy import private_unet_copy
+from .objective import from_model as objective_of
 from .previews import PreviewInputs, private_decoder
 
 
@@ -26,7 +29,8 @@ def check_sdxl(model_patcher) -> None:
     if not ok:
         kind = type(model).__name__ if model is not None else type(model_patcher).__name__
         raise ValueError(f"model is {kind} (context_dim {config.get('context_dim')}, adm {config.get('adm_in_channels')}): "
-                         "UnZipLoRA trains SDXL-architecture models (SDXL base, Pony, Illustrious, NoobAI, ...)")
+                         "UnZipLoRA trains SDXL-architecture models (SDXL base, Pony, Illustrious, NoobAI eps and "
+                         "v-pred, SSD-1B, Vega, KOALA, ...)")
 
 
 def time_ids_adm(model, pooled: torch.Tensor, resolution: int) -> torch.Tensor:
@@ -45,6 +49,10 @@ def prepare_inputs(model_patcher, clip, vae, image: torch.Tensor, prompt: str, c
                    style_prompt: str, config: TrainConfig) -> TrainInputs:
     config.validate()
     check_sdxl(model_patcher)
+    # both fail here, on the node, rather than in the job: a sampling type the trainer has no target for, and a
+    # mode whose blocks this model lacks (SSD-1B, Vega, KOALA have fewer)
+    objective = objective_of(model_patcher)
+    get_mode(config.mode).for_targets(find_targets(model_patcher))
     if clip is None:
         raise ValueError("clip is missing: connect the checkpoint's CLIP so the three prompts can be encoded")
     if vae is None:
@@ -62,9 +70,9 @@ def prepare_inputs(model_patcher, clip, vae, image: torch.Tensor, prompt: str, c
         preview = PreviewInputs(negative=_plain(neg.float()), negative_adm=_plain(neg_adm),
                                 decode=private_decoder(vae, model_patcher.model.latent_format))
     info = {"prompt": prompt, "content_prompt": content_prompt, "style_prompt": style_prompt,
-            "images": int(posteriors.mean.shape[0])}
+            "images": int(posteriors.mean.shape[0]), "prediction": objective.describe()}
     return TrainInputs(unet=unet, streams=streams, posteriors=posteriors, adm=adm, base_fingerprint=fp, info=info,
-                       preview=preview, thumbnail=small_image(image))
+                       preview=preview, thumbnail=small_image(image), objective=objective)
 
 
 def small_image(image: torch.Tensor, side: int = 512):

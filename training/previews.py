@@ -2,14 +2,14 @@
 
 They run in the job's thread on the job's private UNet, with their own generator (training's random stream is
 untouched, so a run with previews ends with the same weights as one without) and a private VAE decoder copy
-(ComfyUI's VAE object belongs to the queue, whose model management is not thread-safe).
+(ComfyUI's VAE object belongs to the queue, whose model management is not thread-safe). They sample with the
+run's Objective (the model's own prediction type and sigmas), as ComfyUI's samplers will use the LoRAs.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import math
 import os
 from dataclasses import dataclass
 from typing import Callable
@@ -19,6 +19,7 @@ import torch
 
 from ..unziplora.kv_patch import predict_eps
 from .model_copy import as_plain_torch_layers
+from .objective import Objective
 
 KINDS = ("content", "style", "combined")
 
@@ -67,28 +68,33 @@ def only_side(lora, side: str | None):
             dual._modules[other] = module
 
 
-def euler_sample(eps_fn, shape, alphas_cumprod: torch.Tensor, steps: int, cfg: float, generator: torch.Generator,
+def euler_sample(model_fn, shape, objective: Objective, steps: int, cfg: float, generator: torch.Generator,
                  device, dtype) -> torch.Tensor:
-    """Plain Euler in sigma space over the DDPM schedule with classifier-free guidance: enough for a preview."""
-    ts = torch.linspace(999, 0, steps).round().long()
-    sigmas = [math.sqrt((1 - float(alphas_cumprod[t])) / float(alphas_cumprod[t])) for t in ts] + [0.0]
+    """Plain Euler in sigma space over the model's schedule with classifier-free guidance: enough for a preview.
+
+    model_fn(input, t) -> (cond output, uncond output), each what the model predicts (eps or v). Guidance mixes the
+    raw outputs: eps and v are both affine in the denoised latent with the same coefficients for cond and uncond,
+    so this equals guidance on the denoised latent, as ComfyUI's CFG does.
+    """
+    ts = torch.linspace(objective.num_timesteps - 1, 0, steps).round().long()
+    sigmas = [float(objective.sigmas[t]) for t in ts] + [0.0]
     x = torch.randn(shape, generator=generator).to(device) * sigmas[0]
     for i, t in enumerate(ts):
         s = sigmas[i]
-        inp = (x / math.sqrt(s * s + 1)).to(dtype)
-        eps_c, eps_u = eps_fn(inp, torch.full((1,), float(t), device=device))
-        eps = eps_u.float() + cfg * (eps_c.float() - eps_u.float())
-        x = x + eps * (sigmas[i + 1] - s)
+        xt = x / (s * s + 1) ** 0.5
+        out_c, out_u = model_fn(xt.to(dtype), torch.full((1,), float(t), device=device))
+        out = out_u.float() + cfg * (out_c.float() - out_u.float())
+        x = x + objective.to_eps(out, xt, int(t)) * (sigmas[i + 1] - s)
     return x
 
 
 class PreviewRenderer:
-    def __init__(self, preview: PreviewInputs, inputs, config, alphas_cumprod, device, dtype, out_dir: str,
+    def __init__(self, preview: PreviewInputs, inputs, config, objective: Objective, device, dtype, out_dir: str,
                  subfolder: str):
         self.p = preview
         self.inputs = inputs
         self.config = config
-        self.alphas_cumprod = alphas_cumprod
+        self.objective = objective
         self.device, self.dtype = device, dtype
         self.out_dir, self.subfolder = out_dir, subfolder
 
@@ -109,7 +115,7 @@ class PreviewRenderer:
                 x = s.x_c if kind == "content" else s.x_s
                 cond = (x, None, None)  # one LoRA alone is an ordinary LoRA on its own prompt
 
-            def eps_fn(inp, t, cond=cond):
+            def model_fn(inp, t, cond=cond):
                 c = predict_eps(unet, lora, inp, t, cond[0], adm, content=cond[1], style=cond[2])
                 # the paper's CFG: zero content/style streams in the unconditional branch
                 zeros = torch.zeros_like(neg) if separate and kind == "combined" else None
@@ -118,7 +124,7 @@ class PreviewRenderer:
 
             gen = torch.Generator().manual_seed(cfg.seed + 1)  # same noise every time: previews compare
             with only_side(lora, None if kind == "combined" else kind), self._autocast():
-                latent = euler_sample(eps_fn, (1, 4, size, size), self.alphas_cumprod, cfg.preview_steps, 5.0, gen,
+                latent = euler_sample(model_fn, (1, 4, size, size), self.objective, cfg.preview_steps, 5.0, gen,
                                       self.device, self.dtype)
             image = self.p.decode(latent.float())
             name = f"step_{step:06d}_{kind}.png"

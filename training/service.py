@@ -123,7 +123,7 @@ class TrainingService:
                 ctx.job.checkpoint = resume_from
             renderer = None
             if inputs.preview is not None and config.preview_every and self.dirs.previews:
-                renderer = PreviewRenderer(inputs.preview, inputs, config, trainer.alphas_cumprod, trainer.device,
+                renderer = PreviewRenderer(inputs.preview, inputs, config, trainer.objective, trainer.device,
                                            trainer.dtype, os.path.join(self.dirs.previews, ctx.job.id),
                                            f"{self.dirs.previews_subfolder}/{ctx.job.id}")
             try:

@@ -50,6 +50,7 @@ class ContentStyleLoRA(nn.Module):
         if generator is None and seed is not None:
             generator = torch.Generator().manual_seed(seed)
         records = model_or_targets if isinstance(model_or_targets, (list, tuple)) else find_targets(model_or_targets)
+        self.mode = self.mode.for_targets(records)  # roles by place: SSD-1B / Vega / KOALA differ from SDXL
         self.targets: dict[str, AttnTarget] = {}
         self.duals = nn.ModuleDict()
         for t in records:

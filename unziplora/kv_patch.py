@@ -316,12 +316,20 @@ def with_streams(conditioning, content, style):
     return out
 
 
-def with_zero_streams(conditioning):
+def with_zero_streams(conditioning, zero_main: bool = False):
     """Zero content / style streams: the method's unconditional branch. It also gives uncond the same
-    model_conds keys as cond, which ComfyUI needs to batch the two together."""
+    model_conds keys as cond, which ComfyUI needs to batch the two together.
+
+    zero_main: the tokens and the pooled vector are zero too (size conditioning stays), which is what the authors'
+    diffusers pipeline feeds for an absent negative prompt (SDXL's force_zeros_for_empty_prompt).
+    """
     out = []
     for x, opts in conditioning:
         zeros = torch.zeros_like(x)
+        if zero_main:
+            x = zeros
+            if opts.get("pooled_output") is not None:
+                opts = {**opts, "pooled_output": torch.zeros_like(opts["pooled_output"])}
         out += with_streams([[x, opts]], zeros, zeros)
     return out
 

@@ -2,7 +2,10 @@
 
 Every BasicTransformerBlock inside a SpatialTransformer of input_blocks / middle_block / output_blocks
 contributes attn1 and attn2 {to_q, to_k, to_v, to_out.0} (method.md: 70 blocks x 8 = 560 on SDXL).
-Each record also carries the key ComfyUI uses for attention replace patches in that transformer block.
+Each record also carries the key ComfyUI uses for attention replace patches in that transformer block, and the
+block's place in the UNet as diffusers names it (up_blocks.L.attentions.i): the SDXL family (SSD-1B, Vega, KOALA)
+shares SDXL's LDM names but not its depths, so an LDM index means a different place there (KOALA's
+output_blocks.2.1 is on the second decoder level, SDXL's on the first); roles.py keys on places.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ class AttnTarget:
     projection: str  # "to_q" | "to_k" | "to_v" | "to_out.0"
     in_features: int
     out_features: int
+    place: tuple = ()  # ("down" | "mid" | "up", level, index in level), e.g. ("up", 0, 1) = up_blocks.0.attentions.1
 
     @property
     def is_cross_kv(self) -> bool:
@@ -51,10 +55,28 @@ def _spatial_transformer_cls():
     return SpatialTransformer
 
 
+def _places(unet, attr: str) -> dict[int, tuple]:
+    """Block number -> (side, level, index) for input_blocks / output_blocks: a level ends with its down/upsampler
+    (an input block of its own; the last output block of the level), input_blocks.0 is the stem convolution."""
+    from comfy.ldm.modules.diffusionmodules.openaimodel import Downsample, ResBlock, Upsample
+
+    side = "down" if attr == "input_blocks" else "up"
+    out, level, index = {}, 0, 0
+    for n, block in enumerate(getattr(unet, attr, None) or ()):
+        layers = list(block)
+        if any(isinstance(m, ResBlock) for m in layers):
+            out[n] = (side, level, index)
+            index += 1
+        if any(isinstance(m, (Downsample, Upsample)) for m in layers):
+            level, index = level + 1, 0
+    return out
+
+
 def find_targets(model) -> list[AttnTarget]:
     """All attention linears of the UNet's spatial transformers, in forward order of the blocks."""
     unet = unet_of(model)
     spatial = _spatial_transformer_cls()
+    places = {"input": _places(unet, "input_blocks"), "output": _places(unet, "output_blocks")}
     out: list[AttnTarget] = []
     seen_keys: dict[tuple, str] = {}
     for attr, kind in _SEQUENCES:
@@ -68,6 +90,7 @@ def find_targets(model) -> list[AttnTarget]:
                 if not isinstance(layer, spatial):
                     continue
                 block = f"{prefix}.{j}"
+                place = ("mid", 0, 0) if kind == "middle" else places[kind].get(number, ())
                 for i, tb in enumerate(layer.transformer_blocks):
                     key = (kind, number, i)
                     if key in seen_keys:  # two transformers in one block would share ComfyUI's patch key
@@ -82,7 +105,7 @@ def find_targets(model) -> list[AttnTarget]:
                             out.append(AttnTarget(
                                 path=f"{block}.transformer_blocks.{i}.{attn_name}.{proj}", block=block,
                                 transformer_key=key, attention=attn_name, projection=proj,
-                                in_features=lin.in_features, out_features=lin.out_features))
+                                in_features=lin.in_features, out_features=lin.out_features, place=place))
     if not out:
         raise ValueError("no SpatialTransformer attention found: is this an SDXL-style UNet?")
     return out
