@@ -9,6 +9,7 @@ from .loaders import UnZipLoRALoader, UnZipLoRALoadBLoRA, UnZipLoRALoadFiles
 from .prompts import UnZipLoRAPrompts
 from .routes import register_routes
 from .runtime import register_folders
+from .sample import install_sample_image
 from .train import UnZipLoRATrain
 
 
@@ -23,4 +24,5 @@ def make_extension() -> UnZipLoRAExtension:
     # and models/unziplora must be known before the loader lists it.
     register_folders()
     register_routes()
+    install_sample_image()  # the templates' Load Image names it
     return UnZipLoRAExtension()

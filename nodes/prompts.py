@@ -71,8 +71,10 @@ class UnZipLoRAPrompts(io.ComfyNode):
                                        "content_from)."),
             ],
             outputs=[
-                io.Conditioning.Output("positive", tooltip="Combined prompt carrying the content and style streams."),
-                io.Conditioning.Output("negative", tooltip="Negative prompt with zero content and style streams."),
+                io.Conditioning.Output("positive", display_name="positive",
+                                       tooltip="Combined prompt carrying the content and style streams."),
+                io.Conditioning.Output("negative", display_name="negative",
+                                       tooltip="Negative prompt with zero content and style streams."),
             ],
         )
 

@@ -37,7 +37,7 @@ async def cancel_job(request: web.Request) -> web.Response:
 
 
 def resume_prompt_for(job) -> dict:
-    """The job's original API prompt with the train node told to resume from this job."""
+    """The job's original API prompt (the train node learns what to resume from the extra data, resume_extra)."""
     if not job.resumable:
         why = ("it has no checkpoint yet" if job.checkpoint is None else
                "its graph was not recorded" if job.resume_prompt is None else f"it is {job.state}")
@@ -51,8 +51,21 @@ def resume_prompt_for(job) -> dict:
         # graph be served from the cache (a second resume of the same job would start nothing)
         if isinstance(node, dict):
             node.pop("is_changed", None)
-    prompt[node_id]["inputs"]["resume_from"] = job.id
+        # graphs recorded before resume moved to the extra data carried it as an input
+        if isinstance(node, dict) and isinstance(node.get("inputs"), dict):
+            node["inputs"].pop("resume_from", None)
     return prompt
+
+
+def resume_extra(job) -> dict:
+    """extra_data for the re-queued prompt: which job the train node resumes, and the workflow it belongs to."""
+    from .train import RESUME_KEY
+
+    pnginfo = {RESUME_KEY: {str(job.info.get("node_id")): job.id}}
+    if job.info.get("workflow_id"):
+        # the resumed job stays linked to the same workflow's node (only the id: the graph is not needed)
+        pnginfo["workflow"] = {"id": job.info["workflow_id"]}
+    return {"extra_pnginfo": pnginfo}
 
 
 async def resume_job(request: web.Request) -> web.Response:
@@ -72,10 +85,7 @@ async def resume_job(request: web.Request) -> web.Response:
     async with ClientSession() as session:
         # only the train node's branch: other outputs of the recorded workflow are not run again
         payload = {"prompt": prompt, "client_id": body.get("client_id"),
-                   "partial_execution_targets": [str(job.info.get("node_id"))]}
-        if job.info.get("workflow_id"):
-            # the resumed job stays linked to the same workflow's node (only the id: the graph is not needed)
-            payload["extra_data"] = {"extra_pnginfo": {"workflow": {"id": job.info["workflow_id"]}}}
+                   "partial_execution_targets": [str(job.info.get("node_id"))], "extra_data": resume_extra(job)}
         async with session.post(url, json=payload) as resp:
             data = await resp.json()
             return web.json_response(data, status=resp.status)
