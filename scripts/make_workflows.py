@@ -215,8 +215,64 @@ def compare_workflow() -> dict:
     return {"graph": g, "sections": sections, "row": True}
 
 
+SEEDS_TRAIN = "Seeds - train three runs to pick the best one"
+SEEDS_SCORE = "Seeds - score the three runs and pick the best"
+INSPECT_SPEC = REPO / "scripts" / "seeds_workflows.json"  # the seed-fragility graphs (from the inspect work)
+
+
+def _seeds_graphs() -> dict:
+    """The seed-fragility pair of graphs (described by the inspect work: train seeds 0-2, then score them)."""
+    spec = json.loads(INSPECT_SPEC.read_text()) if INSPECT_SPEC.is_file() else None
+    if spec is None:
+        return {}
+    graphs = {}
+    for key, g in spec["graphs"].items():
+        g = json.loads(json.dumps(g))
+        for node in g.values():
+            node["inputs"].pop("resume_from", None)
+            if node["class_type"] == "LoadImage":
+                node["inputs"]["image"] = SAMPLE_IMAGE
+        graphs[key] = g
+    return graphs
+
+
+def seeds_train_workflow() -> dict:
+    g = _seeds_graphs()["unziplora_seeds_train"]
+    trains = [k for k, n in g.items() if n["class_type"] == "UnZipLoRATrain"]
+    sections = [{"title": "Model and image", "nodes": ["1", "2"], "note":
+                 "The method is sensitive to the seed: train the same image three times (seeds 0, 1, 2), then open "
+                 f"'{SEEDS_SCORE}' to score the runs and keep the best."}]
+    for k in trains:
+        seed = g[k]["inputs"]["seed"]
+        sections.append({"title": f"seed {seed}", "nodes": [k], "note":
+                         f"Run {g[k]['inputs']['name']}: the same prompts with seed {seed}. Run queues all three; "
+                         "they train one after another and the queue stays free."})
+    return {"graph": g, "sections": sections, "row": True}
+
+
+def seeds_score_workflow() -> dict:
+    g = _seeds_graphs()["unziplora_seeds_compare"]
+    runs = [r for r in "123" if f"{r}00" in g]
+    shared = ["1", "2", "3", "4", "5", "6", "7"]
+    sections = [{"title": "Model, reference image, prompts", "nodes": shared, "note":
+                 "The reference is the training image. Score needs a CLIP Vision model in models/clip_vision (any "
+                 "CLIP ViT, e.g. CLIP-ViT-H-14). Both samples of every run use the same prompts and sampling seed."}]
+    for r in runs:
+        nodes = [k for k in g if len(k) == 3 and k[0] == r]
+        sections.append({"title": f"run {g[r + '00']['inputs']['bundle'].rsplit('.', 1)[0]}", "nodes": nodes,
+                         "note": "One run: a style-only and a content-only sample, and what each LoRA took "
+                                 "(Inspect). Pick the run in the loader if you named yours differently."})
+    sections.append({"title": "Score", "nodes": [k for k in g if k.startswith("9")], "note":
+                     "The samples are batched in run order; Score compares them with the reference and names the "
+                     "best run (best_index)."})
+    return {"graph": g, "sections": sections}
+
+
 WORKFLOWS = {TRAIN: train_workflow, CONTENT: content_workflow, STYLE: style_workflow, BOTH: both_workflow,
              CROSS: cross_workflow, COMPARE: compare_workflow}
+# rendered only where the nodes they use exist (UnZipLoRA Score / Inspect come with the "inspect" work)
+OPTIONAL_WORKFLOWS = {SEEDS_TRAIN: (seeds_train_workflow, ()),
+                      SEEDS_SCORE: (seeds_score_workflow, ("UnZipLoRAScore", "UnZipLoRAInspect"))}
 
 
 def main() -> int:
@@ -230,9 +286,12 @@ def main() -> int:
     OUT.mkdir(exist_ok=True)
     write_sample_image(OUT / SAMPLE_IMAGE)
     (base / "input" / SAMPLE_IMAGE).write_bytes((OUT / SAMPLE_IMAGE).read_bytes())
-    for name in ("unziplora", "watercolor"):  # empty placeholders: the loader lists names, nothing is loaded
+    bundles = ("unziplora", "watercolor", "cat_seed0", "cat_seed1", "cat_seed2")
+    for name in bundles:  # empty placeholders: the loader lists names, nothing is loaded
         (base / "models" / "unziplora").mkdir(parents=True, exist_ok=True)
         (base / "models" / "unziplora" / f"{name}.safetensors").write_bytes(b"")
+    (base / "models" / "clip_vision").mkdir(parents=True, exist_ok=True)
+    (base / "models" / "clip_vision" / "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors").write_bytes(b"")
     for old in list(OUT.glob("*.json")) + list(OUT.glob("*.jpg")):
         old.unlink()  # names change with titles: no stale template stays listed
     server = start_server(base)
@@ -245,7 +304,15 @@ def main() -> int:
             banner = page.locator("button[aria-label='Close']").first  # the 'Nodes 2.0' announcement
             if banner.count():
                 banner.click()
-            for name, make in WORKFLOWS.items():
+            known = set(server.client().object_info())
+            todo = dict(WORKFLOWS)
+            for name, (make, needs) in OPTIONAL_WORKFLOWS.items():
+                missing = [t for t in needs if t not in known]
+                if missing or not INSPECT_SPEC.is_file():
+                    print(f"skipped {name!r}: needs {missing or INSPECT_SPEC}")
+                else:
+                    todo[name] = make
+            for name, make in todo.items():
                 wf = make()
                 ui, png = render(page, name, wf)
                 _write_outputs(name, ui, png)
