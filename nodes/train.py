@@ -144,10 +144,9 @@ class UnZipLoRATrain(io.ComfyNode):
         if run_mode == "blocking":
             job = _wait_in_queue(svc, job)
         planned = job.info["planned_outputs"]
-        # API clients read the job id from the history; a browser's panel links through the job's node and
-        # workflow ids (progress events), and frontend 1.32.9's queue panel would list a ui key as a result file
-        from_browser = workflow_id_of(cls.hidden.extra_pnginfo) is not None
-        ui = None if from_browser else {"unziplora_job": [job.id]}
+        # the job id for API clients (history) and the panel (onExecuted); one key only: the web extension hides
+        # it from the queue panel, which lists every ui key as a result file
+        ui = {"unziplora_job": [job.id]}
         return io.NodeOutput(job.id, planned["content"], planned["style"], planned["bundle"], ui=ui)
 
 

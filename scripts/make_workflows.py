@@ -96,8 +96,8 @@ def train_workflow() -> dict:
             "subject in style_prompt ('A cat in sketch style').\n2. Set name: the files become "
             "models/loras/unziplora/<name>_content / <name>_style.\n3. Press Train on the panel (or Run). The "
             "queue stays free; previews, loss, Cancel and Resume are on the panel, and 'Use it' adds a graph "
-            "that samples with the result.\nThe defaults are the paper's (600 steps at 1024 px, about 24 GB "
-            "VRAM); fewer steps or a lower resolution train faster."},
+            "that samples with the result.\nThe defaults are the paper's (600 steps at 1024 px); fewer steps or "
+            "a lower resolution train faster."},
     ]}
 
 

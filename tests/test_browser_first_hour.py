@@ -139,6 +139,17 @@ SMALL_SAMPLING = {"KSampler": {"steps": 1, "cfg": 1.0, "control_after_generate":
                   "EmptyLatentImage": {"width": 64, "height": 64}}
 
 
+def wait_panel_state(page, server, state: str, timeout: float = 420.0) -> None:
+    """Wait for the (first) panel to show `state`; on timeout say what the panel and the server had."""
+    try:
+        page.wait_for_function("(s) => document.querySelector('.uzl-panel')?.dataset.state === s", arg=state,
+                               timeout=timeout * 1000, polling=250)
+    except Exception as e:
+        jobs = [(j["id"], j["name"], j["state"], j["step"], j["error"]) for j in server_jobs(server)]
+        raise AssertionError(f"the panel never showed {state!r}: panel {train_node_state(page)}, jobs {jobs}\n"
+                             f"{server.log_tail(25)}") from e
+
+
 def train_node_state(page) -> dict:
     return page.evaluate("""() => {
         const n = window.app.graph.nodes.find((x) => x.type === 'UnZipLoRATrain');
@@ -241,13 +252,11 @@ def test_stock_run_shows_queued_and_the_height_stays(session):
         assert st["state"] in ("queued", "preparing"), st
         assert st["chip"] in ("queued", "preparing…"), st
         assert st["files"] == 0, f"the previous run's files are still shown: {st}"
-        page.wait_for_function("() => document.querySelector('.uzl-panel')?.dataset.state === 'running'",
-                               timeout=180_000, polling=200)
+        wait_panel_state(page, server, "running")
         if run == 0:
             page.wait_for_timeout(300)
             shot(page, "first_hour_classic_during.png")
-        page.wait_for_function("() => document.querySelector('.uzl-panel')?.dataset.state === 'done'",
-                               timeout=180_000, polling=250)
+        wait_panel_state(page, server, "done")
         page.wait_for_timeout(300)
         heights.append(train_node_state(page)["height"])
     shot(page, "first_hour_classic_after.png")
@@ -268,6 +277,16 @@ def test_lora_lists_learn_new_files_by_themselves(session):
                            timeout=20_000, polling=250)
     loader = page.evaluate("() => window.LiteGraph.createNode('UnZipLoRALoader').widgets[0].options.values")
     assert any(v.startswith("first_hour") for v in loader), loader
+
+
+def test_queue_panel_lists_no_job_id_as_a_file(session):
+    """The history the queue panel reads carries no unziplora_job item (the server's history still does)."""
+    page, server = session["page"], session["server"]
+    seen = page.evaluate("""async () => { const h = await window.app.api.getHistory(50);
+        return h.History.flatMap((it) => Object.values(it.outputs ?? {}).flatMap((o) => Object.keys(o))); }""")
+    assert "unziplora_job" not in seen, seen
+    raw = server.client().get_json("/history")
+    assert any("unziplora_job" in o for v in raw.values() for o in v.get("outputs", {}).values())
 
 
 def test_loss_plot_draws_and_exports(session):
@@ -329,11 +348,9 @@ def test_nodes_2_panel_and_small_floats(session):
         h0 = train_node_state(page)["height"]
         shot(page, "first_hour_vue_before.png")
         page.locator(".uzl-panel [data-action=train]").dispatch_event("click")
-        page.wait_for_function("() => document.querySelector('.uzl-panel')?.dataset.state === 'running'",
-                               timeout=180_000, polling=200)
+        wait_panel_state(page, server, "running")
         shot(page, "first_hour_vue_during.png")
-        page.wait_for_function("() => document.querySelector('.uzl-panel')?.dataset.state === 'done'",
-                               timeout=180_000, polling=250)
+        wait_panel_state(page, server, "done")
         page.wait_for_timeout(500)
         shot(page, "first_hour_vue_after.png")
         assert abs(train_node_state(page)["height"] - h0) < 1

@@ -201,6 +201,26 @@ function markQueued(output, partialTargets) {
   }
 }
 
+// The train node's ui output ({unziplora_job: [id]}) links the panel to its job; the queue panel (1.32.9) would
+// list it as a result file. Hide it there: the history the queue reads is the only place it is dropped.
+const JOB_KEY = "unziplora_job";
+if (typeof api.getHistory === "function") {
+  const originalGetHistory = api.getHistory;
+  api.getHistory = async function (...args) {
+    const data = await originalGetHistory.apply(this, args);
+    try {
+      for (const item of data?.History ?? []) {
+        for (const out of Object.values(item?.outputs ?? {})) {
+          if (out && typeof out === "object" && JOB_KEY in out) delete out[JOB_KEY];
+        }
+      }
+    } catch (err) {
+      console.warn("[UnZipLoRA] could not tidy the history:", err);
+    }
+    return data;
+  };
+}
+
 const originalQueuePrompt = api.queuePrompt;
 api.queuePrompt = async function (number, data, options, ...rest) {
   const result = await originalQueuePrompt.call(this, number, data, options, ...rest);
