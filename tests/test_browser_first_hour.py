@@ -13,6 +13,7 @@ Screenshots (classic and Nodes 2.0, before / during / after) go to test-artifact
 
 from __future__ import annotations
 
+import os
 import time
 import urllib.parse
 from pathlib import Path
@@ -48,7 +49,9 @@ class FirstHourLog(PageLog):
 def server(tmp_path_factory, tiny_checkpoint):
     base = make_base_dir(tmp_path_factory.mktemp("comfy_first_hour"), checkpoint=tiny_checkpoint)
     (base / "models" / "checkpoints" / CKPT).symlink_to(Path(tiny_checkpoint).resolve())
-    handle = start_server(base)
+    # host B's frontend (see /work/notes/HOST_B_READY); h/hosts' start_server reads it too (same value)
+    root = os.environ.get("UNZIPLORA_FRONTEND_ROOT")
+    handle = start_server(base, extra_args=["--front-end-root", root] if root else ())
     yield handle
     handle.stop()
 
@@ -68,12 +71,28 @@ def session(server, browser):
     log = FirstHourLog()
     context = browser.new_context(viewport={"width": 1600, "height": 1100}, accept_downloads=True)
     page = watched_page(context, log)
-    open_app(page, server.url, first_visit=True)
+    open_app(page, server.url)
+    dismiss_first_visit_dialogs(page)
     yield {"page": page, "log": log, "server": server, "state": {}}
     context.close()
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
+
+
+def dismiss_first_visit_dialogs(page, wait_s: float = 20.0) -> None:
+    """A first visit opens the Templates dialog (its markup differs between 1.32 and 1.58): close whatever
+    dialog shows up, with Escape, until none is left."""
+    sel = ".p-dialog, [role=dialog]"
+    try:
+        page.wait_for_selector(sel, state="visible", timeout=wait_s * 1000)
+    except Exception:
+        return
+    for _ in range(5):
+        if not page.locator(sel).count():
+            return
+        page.keyboard.press("Escape")
+        page.wait_for_timeout(500)
 
 
 def open_template(page, server, name: str) -> dict:
@@ -139,7 +158,7 @@ SMALL_SAMPLING = {"KSampler": {"steps": 1, "cfg": 1.0, "control_after_generate":
                   "EmptyLatentImage": {"width": 64, "height": 64}}
 
 
-def wait_panel_state(page, server, state: str, timeout: float = 420.0) -> None:
+def wait_panel_state(page, server, state: str, timeout: float = 900.0) -> None:
     """Wait for the (first) panel to show `state`; on timeout say what the panel and the server had."""
     try:
         page.wait_for_function("(s) => document.querySelector('.uzl-panel')?.dataset.state === s", arg=state,
@@ -161,8 +180,12 @@ def train_node_state(page) -> dict:
     }""")
 
 
+HOST_SUFFIX = "_hostb" if os.environ.get("UNZIPLORA_FRONTEND_ROOT") else ""
+
+
 def shot(page, name: str) -> None:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    name = name.replace(".png", f"{HOST_SUFFIX}.png")
     box = page.evaluate("""() => { const p = document.querySelector('.uzl-panel'); if (!p) return null;
         const n = p.closest('[data-node-id]') ?? p; const r = n.getBoundingClientRect(), q = p.getBoundingClientRect();
         return { x: Math.min(r.left, q.left), y: Math.max(0, Math.min(r.top, q.top - 260)),
@@ -190,8 +213,12 @@ def test_sample_image_installed_on_a_fresh_install(server):
     assert "unziplora_sample_cat.png" in files
 
 
-@pytest.mark.parametrize("name", [TRAIN_TEMPLATE] + [t for t in TEMPLATES if t != TRAIN_TEMPLATE])
-def test_template_opens_clean_and_runs(session, name):
+ORDERED = [TRAIN_TEMPLATE] + [t for t in TEMPLATES if t != TRAIN_TEMPLATE]  # the others use what Train writes
+
+
+@pytest.mark.parametrize("name", ORDERED)
+def test_template_opens_clean(session, name):
+    """No schema alert or message, no dialog (missing nodes / models), every node type known."""
     page, server, log = session["page"], session["server"], session["log"]
     console_before = len(log.all_messages)
     shown = open_template(page, server, name)
@@ -202,16 +229,19 @@ def test_template_opens_clean_and_runs(session, name):
     msgs = log.all_messages[console_before:]
     assert not [m for m in msgs if any(w in m for w in SCHEMA_WORDS) or "validating_workflow" in m], msgs
 
+
+@pytest.mark.parametrize("name", ORDERED)
+def test_template_runs_on_the_tiny_model(session, name):
+    page, server = session["page"], session["server"]
+    open_template(page, server, name)
     tune(page, {"UnZipLoRATrain": TINY_TRAIN, **SMALL_SAMPLING})
     if name.startswith("Cross"):  # a second trained pair: the first one again
         tune(page, {"UnZipLoRALoader": {"bundle": "unziplora.safetensors"}})
     trains = page.evaluate("() => window.app.graph.nodes.filter((n) => n.type === 'UnZipLoRATrain')"
                            ".map((n) => n.widgets.find((w) => w.name === 'name').value)")
-    if trains:
-        page.evaluate("() => window.app.refreshComboInNodes?.()")
     queue_and_wait(page, server)
     if trains:
-        jobs = wait_jobs_done(server, set(trains), 300)
+        jobs = wait_jobs_done(server, set(trains), 600)
         assert all(j["state"] == "done" for j in jobs), [(j["name"], j["state"], j["error"]) for j in jobs]
         page.evaluate("() => window.app.refreshComboInNodes?.()")
 
