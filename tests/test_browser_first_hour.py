@@ -186,6 +186,7 @@ HOST_SUFFIX = "_hostb" if os.environ.get("UNZIPLORA_FRONTEND_ROOT") else ""
 def shot(page, name: str) -> None:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     name = name.replace(".png", f"{HOST_SUFFIX}.png")
+    dismiss_first_visit_dialogs(page, wait_s=0.3)  # a late Templates dialog would cover the panel
     box = page.evaluate("""() => { const p = document.querySelector('.uzl-panel'); if (!p) return null;
         const n = p.closest('[data-node-id]') ?? p; const r = n.getBoundingClientRect(), q = p.getBoundingClientRect();
         return { x: Math.min(r.left, q.left), y: Math.max(0, Math.min(r.top, q.top - 260)),
@@ -358,7 +359,8 @@ def test_use_it_builds_a_graph_that_runs(session):
     tune(page, SMALL_SAMPLING)
     hist = queue_and_wait(page, server, targets=[str(built["save"])])
     images = hist["outputs"][str(built["save"])]["images"]
-    assert images and images[0]["filename"].startswith("unziplora"), hist["outputs"]
+    assert images and images[0]["subfolder"] == "unziplora" and images[0]["filename"].startswith("first_hour"), \
+        hist["outputs"]
 
 
 def test_nodes_2_panel_and_small_floats(session):
