@@ -186,6 +186,7 @@ async function refreshModelLists() {
 /** Mark the panels of the train nodes a prompt will run as queued, whoever queued it (the panel's Train, the
  * stock Run button, a shortcut): the frontend's queuePrompt is the one way in. */
 function markQueued(output, partialTargets) {
+  const marked = [];
   const ids = partialTargets?.length ? partialTargets.map(String) : Object.keys(output ?? {});
   for (const id of ids) {
     if (output?.[id]?.class_type !== NODE_TYPE) continue;
@@ -198,7 +199,9 @@ function markQueued(output, partialTargets) {
     entry.panel.note = { text: "Queued: ComfyUI runs this node (prompts, image, model copy), then the job starts.",
       kind: "info" };
     entry.panel.setPending("queued");
+    marked.push(entry);
   }
+  return marked;
 }
 
 // The train node's ui output ({unziplora_job: [id]}) links the panel to its job; the queue panel (1.32.9) would
@@ -223,13 +226,22 @@ if (typeof api.getHistory === "function") {
 
 const originalQueuePrompt = api.queuePrompt;
 api.queuePrompt = async function (number, data, options, ...rest) {
-  const result = await originalQueuePrompt.call(this, number, data, options, ...rest);
+  // marked before the request: the new job's first event can arrive before the request's answer
+  let marked = [];
   try {
-    markQueued(data?.output, options?.partialExecutionTargets);
+    marked = markQueued(data?.output, options?.partialExecutionTargets);
   } catch (err) {
     console.warn("[UnZipLoRA] could not mark queued train nodes:", err);
   }
-  return result;
+  try {
+    return await originalQueuePrompt.call(this, number, data, options, ...rest);
+  } catch (err) {
+    for (const entry of marked) {
+      stopPending(entry);
+      entry.panel.setNote(null);
+    }
+    throw err;
+  }
 };
 
 async function train(entry) {
