@@ -10,6 +10,7 @@ from .loaders import UnZipLoRALoader, UnZipLoRALoadBLoRA, UnZipLoRALoadFiles
 from .prompts import UnZipLoRAPrompts
 from .routes import register_routes
 from .runtime import register_folders
+from .sample import install_sample_image
 from .score import UnZipLoRAScore
 from .train import UnZipLoRATrain
 
@@ -25,4 +26,5 @@ def make_extension() -> UnZipLoRAExtension:
     # and models/unziplora must be known before the loader lists it.
     register_folders()
     register_routes()
+    install_sample_image()  # the templates' Load Image names it
     return UnZipLoRAExtension()

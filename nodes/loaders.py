@@ -58,12 +58,17 @@ class UnZipLoRALoader(io.ComfyNode):
                                        "looked up in models/loras/unziplora, models/loras or next to it."),
             ],
             outputs=[
-                PairType.Output("pair", tooltip=PAIR_TOOLTIP),
-                io.String.Output("prompt", tooltip="The combined prompt the run was trained with."),
-                io.String.Output("content_prompt", tooltip="The content prompt the run was trained with."),
-                io.String.Output("style_prompt", tooltip="The style prompt the run was trained with."),
-                io.String.Output("content_trigger", tooltip="Words that call up the content (e.g. 'sks cat')."),
-                io.String.Output("style_trigger", tooltip="Words that call up the style."),
+                PairType.Output("pair", display_name="pair", tooltip=PAIR_TOOLTIP),
+                io.String.Output("prompt", display_name="prompt",
+                                 tooltip="The combined prompt the run was trained with."),
+                io.String.Output("content_prompt", display_name="content_prompt",
+                                 tooltip="The content prompt the run was trained with."),
+                io.String.Output("style_prompt", display_name="style_prompt",
+                                 tooltip="The style prompt the run was trained with."),
+                io.String.Output("content_trigger", display_name="content_trigger",
+                                 tooltip="Words that call up the content (e.g. 'sks cat')."),
+                io.String.Output("style_trigger", display_name="style_trigger",
+                                 tooltip="Words that call up the style."),
             ],
         )
 
@@ -104,7 +109,7 @@ class UnZipLoRALoadFiles(io.ComfyNode):
                                        "(an UnZipLoRA run's bundle, or the official script's NAME_merger_<side>.pth "
                                        "next to NAME_<side>/). none: plain LoRAs (mergers all 1)."),
             ],
-            outputs=[PairType.Output("pair", tooltip=PAIR_TOOLTIP)],
+            outputs=[PairType.Output("pair", display_name="pair", tooltip=PAIR_TOOLTIP)],
         )
 
     @classmethod
@@ -149,7 +154,7 @@ class UnZipLoRALoadBLoRA(io.ComfyNode):
                 io.Combo.Input("lora", options=_lora_list(),
                                tooltip="A B-LoRA (one LoRA trained only on SDXL's up_blocks.0.attentions.0 and .1)."),
             ],
-            outputs=[PairType.Output("pair", tooltip=PAIR_TOOLTIP)],
+            outputs=[PairType.Output("pair", display_name="pair", tooltip=PAIR_TOOLTIP)],
         )
 
     @classmethod

@@ -82,9 +82,11 @@ class UnZipLoRAPrompts(io.ComfyNode):
                                        "content_from)."),
             ],
             outputs=[
-                io.Conditioning.Output("positive", tooltip="Combined prompt carrying the content and style streams."),
-                io.Conditioning.Output("negative", tooltip="Negative prompt with zero content and style streams (all "
-                                                           "zero if empty and empty_negative is zeros)."),
+                io.Conditioning.Output("positive", display_name="positive",
+                                       tooltip="Combined prompt carrying the content and style streams."),
+                io.Conditioning.Output("negative", display_name="negative",
+                                       tooltip="Negative prompt with zero content and style streams (all zero if "
+                                               "empty and empty_negative is zeros)."),
             ],
         )
 

@@ -129,7 +129,7 @@ async def delete_checkpoints(request: web.Request) -> web.Response:
 
 
 def resume_prompt_for(job) -> dict:
-    """The job's original API prompt with the train node told to resume from this job."""
+    """The job's original API prompt (the train node learns what to resume from the extra data, resume_extra)."""
     if not job.resumable:
         why = ("it was already resumed as job " + job.continued_by if job.continued_by else
                "it has no checkpoint" if job.checkpoint is None else
@@ -144,7 +144,9 @@ def resume_prompt_for(job) -> dict:
         # graph be served from the cache (a second resume of the same job would start nothing)
         if isinstance(node, dict):
             node.pop("is_changed", None)
-    prompt[node_id]["inputs"]["resume_from"] = job.id
+        # graphs recorded before resume moved to the extra data carried it as an input
+        if isinstance(node, dict) and isinstance(node.get("inputs"), dict):
+            node["inputs"].pop("resume_from", None)
     return prompt
 
 
@@ -154,6 +156,17 @@ def _prompt_waiting(server, prompt_id: str | None) -> bool:
         return False
     running, queued = server.prompt_queue.get_current_queue_volatile()
     return any(len(item) > 1 and item[1] == prompt_id for item in list(running) + list(queued))
+
+
+def resume_extra(job) -> dict:
+    """extra_data for the re-queued prompt: which job the train node resumes, and the workflow it belongs to."""
+    from .train import RESUME_KEY
+
+    pnginfo = {RESUME_KEY: {str(job.info.get("node_id")): job.id}}
+    if job.info.get("workflow_id"):
+        # the resumed job stays linked to the same workflow's node (only the id: the graph is not needed)
+        pnginfo["workflow"] = {"id": job.info["workflow_id"]}
+    return {"extra_pnginfo": pnginfo}
 
 
 async def resume_job(request: web.Request) -> web.Response:
@@ -184,10 +197,8 @@ async def resume_job(request: web.Request) -> web.Response:
         host = host.split(",")[0]
         url = f"http://{'[' + host + ']' if ':' in host else host}:{server.port}/prompt"
         # only the train node's branch: other outputs of the recorded workflow are not run again
-        payload = {"prompt": prompt, "client_id": client_id, "partial_execution_targets": [str(job.info.get("node_id"))]}
-        if job.info.get("workflow_id"):
-            # the resumed job stays linked to the same workflow's node (only the id: the graph is not needed)
-            payload["extra_data"] = {"extra_pnginfo": {"workflow": {"id": job.info["workflow_id"]}}}
+        payload = {"prompt": prompt, "client_id": client_id, "partial_execution_targets": [str(job.info.get("node_id"))],
+                   "extra_data": resume_extra(job)}
         async with ClientSession() as session, session.post(url, json=payload) as resp:
             try:
                 data = await resp.json(content_type=None)

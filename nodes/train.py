@@ -90,14 +90,15 @@ class UnZipLoRATrain(io.ComfyNode):
                 io.Combo.Input("run_mode", options=["background", "blocking"], default="background",
                                tooltip="background: return at once, queue stays free. blocking: train inside the "
                                        "queue with ComfyUI's progress bar and Cancel (for small GPUs)."),
-                io.String.Input("resume_from", default="", optional=True,
-                                tooltip="Job id to resume from its last checkpoint (set by the panel's Resume button)."),
             ],
             outputs=[
-                io.String.Output("job_id", tooltip="The background job's id."),
-                io.String.Output("content_lora", tooltip="Path the content LoRA is written to."),
-                io.String.Output("style_lora", tooltip="Path the style LoRA is written to."),
-                io.String.Output("bundle", tooltip="Path of the bundle (mergers + masks) for the combined mode."),
+                # display_name: the frontend labels outputs with it (else with the type: "STRING" x4)
+                io.String.Output("job_id", display_name="job_id", tooltip="The background job's id."),
+                io.String.Output("content_lora", display_name="content_lora",
+                                 tooltip="Path the content LoRA is written to."),
+                io.String.Output("style_lora", display_name="style_lora", tooltip="Path the style LoRA is written to."),
+                io.String.Output("bundle", display_name="bundle",
+                                 tooltip="Path of the bundle (mergers + masks) for the combined mode."),
             ],
             hidden=[io.Hidden.prompt, io.Hidden.unique_id, io.Hidden.extra_pnginfo],
         )
@@ -113,7 +114,7 @@ class UnZipLoRATrain(io.ComfyNode):
     def execute(cls, model, clip, vae, image, content_prompt, style_prompt, combined_prompt, name, mode, steps, rank,
                 lr_content, lr_style, lr_merger, column_ratio, selections, orth_lambda, resolution, seed,
                 checkpoint_every, preview_every, preview_steps, gradient_checkpointing, precision, run_mode,
-                resume_from="") -> io.NodeOutput:
+                **_ignored) -> io.NodeOutput:
         check_choices(cls, locals())
         config = TrainConfig(mode=mode, steps=steps, rank=rank, lr_content=lr_content, lr_style=lr_style,
                              lr_merger=lr_merger, column_ratio=column_ratio, sample_times=selections,
@@ -124,6 +125,7 @@ class UnZipLoRATrain(io.ComfyNode):
         check_prompts(content_prompt, style_prompt, MODES[mode].prompt_separation)
         svc = service()
         # checked again when the job is submitted, under the manager's lock (two prompts resuming one job)
+        resume_from = resume_request(cls.hidden.extra_pnginfo, cls.hidden.unique_id)
         resume_job = svc.manager.check_resume(resume_from) if resume_from else None
         prompt = combined_prompt.strip() or build_combined_prompt(content_prompt, style_prompt)
         inputs = prepare_inputs(model, clip, vae, image, prompt, content_prompt, style_prompt, config)
@@ -134,8 +136,21 @@ class UnZipLoRATrain(io.ComfyNode):
         if run_mode == "blocking":
             job = _wait_in_queue(svc, job)
         planned = job.info["planned_outputs"]
-        ui = {"unziplora_job": [job.id], "text": [f"job {job.id}: {job.state}"]}
+        # the job id for API clients (history) and the panel (onExecuted); one key only: the web extension hides
+        # it from the queue panel, which lists every ui key as a result file
+        ui = {"unziplora_job": [job.id]}
         return io.NodeOutput(job.id, planned["content"], planned["style"], planned["bundle"], ui=ui)
+
+
+RESUME_KEY = "unziplora_resume"  # extra_pnginfo[RESUME_KEY] = {train node id: job id}, set by the Resume route
+
+
+def resume_request(extra_pnginfo, node_id) -> str:
+    """The job this run resumes, if the panel's Resume queued it. It travels in the prompt's extra data, not in an
+    input: a widget would be shown to users (and saved in their workflows) for plumbing only the panel sets."""
+    wanted = extra_pnginfo.get(RESUME_KEY) if isinstance(extra_pnginfo, dict) else None
+    job = wanted.get(str(node_id)) if isinstance(wanted, dict) else None
+    return job if isinstance(job, str) else ""
 
 
 def workflow_id_of(extra_pnginfo) -> str | None:

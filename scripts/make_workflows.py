@@ -24,8 +24,21 @@ from sample_image import make_sketch  # noqa: E402
 
 OUT = REPO / "example_workflows"
 CKPT = "sd_xl_base_1.0.safetensors"  # what the shipped workflows name; the tiny one is used only to render them
+# what the frontend's "Missing Models" dialog offers to download (node properties.models, zod schema zModelFile)
+CKPT_MODEL = {"name": CKPT, "directory": "checkpoints",
+              "url": "https://huggingface.co/stabilityai/stable-diffusion-xl-base-1.0/resolve/main/"
+                     "sd_xl_base_1.0.safetensors"}
+SAMPLE_IMAGE = "unziplora_sample_cat.png"  # shipped in example_workflows/, copied to input/ at load when absent
 BUNDLE = "unziplora.safetensors"  # the train node's default name
 NEG = "blurry, low quality, deformed"
+
+# file name = the title the template browser shows (it has no other title for a custom node's template)
+TRAIN = "Train a content and a style LoRA from one image"
+CONTENT = "Content alone - the subject in new scenes and styles"
+STYLE = "Style alone - the style on new subjects"
+BOTH = "Both - recreate or recombine the image with three prompts"
+CROSS = "Cross two images - content of one, style of another"
+COMPARE = "Compare naive, B-LoRA and UnZipLoRA on one image"
 
 
 def _ksampler(model, pos, neg, latent, seed=0):
@@ -34,75 +47,232 @@ def _ksampler(model, pos, neg, latent, seed=0):
                                                  "sampler_name": "dpmpp_2m", "scheduler": "karras", "denoise": 1.0}}
 
 
-def _tail(g: dict, nid: int, model, pos, neg, prefix: str) -> None:
+def _tail(g: dict, nid: int, model, pos, neg, prefix: str) -> list[str]:
     """KSampler -> VAEDecode -> SaveImage as nodes nid+1..nid+3, on the graph's one EmptyLatentImage ("99")."""
     g.setdefault("99", {"class_type": "EmptyLatentImage", "inputs": {"width": 1024, "height": 1024, "batch_size": 1}})
     g[str(nid + 1)] = _ksampler(model, pos, neg, ["99", 0])
     g[str(nid + 2)] = {"class_type": "VAEDecode", "inputs": {"samples": [str(nid + 1), 0], "vae": ["1", 2]}}
     g[str(nid + 3)] = {"class_type": "SaveImage", "inputs": {"images": [str(nid + 2), 0], "filename_prefix": prefix}}
+    return [str(nid + 1), str(nid + 2), str(nid + 3)]
 
 
 def _text(clip, text):
     return {"class_type": "CLIPTextEncode", "inputs": {"text": text, "clip": clip}}
 
 
-def train_graph(ckpt: str) -> dict:
-    return {
-        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
-        "2": {"class_type": "LoadImage", "inputs": {"image": "unzip_me.png"}},
-        "3": {"class_type": "UnZipLoRATrain", "inputs": {
-            "model": ["1", 0], "clip": ["1", 1], "vae": ["1", 2], "image": ["2", 0],
-            "content_prompt": "A sks cat", "style_prompt": "A cat in sketch style", "combined_prompt": "",
-            "name": "unziplora", "mode": "unziplora", "steps": 600, "rank": 64, "lr_content": 5e-5,
-            "lr_style": 5e-5, "lr_merger": 5e-3, "column_ratio": 0.1, "selections": 3, "orth_lambda": 0.5,
-            "resolution": 1024, "seed": 0, "checkpoint_every": 200, "preview_every": 100, "preview_steps": 8,
-            "gradient_checkpointing": "auto", "precision": "auto", "run_mode": "background", "resume_from": ""}},
-    }
+def _apply(mode: str, content_from, style_from=None) -> dict:
+    inputs = {"model": ["1", 0], "mode": mode, "content_from": content_from, "content_strength": 1.0,
+              "style_strength": 1.0}
+    if style_from is not None:
+        inputs["style_from"] = style_from
+    return {"class_type": "UnZipLoRAApply", "inputs": inputs}
 
 
-def use_graph(ckpt: str, bundle: str) -> dict:
-    """One trained pair, three uses: content alone, style alone, both with three prompts."""
-    g = {
-        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
-        "2": {"class_type": "UnZipLoRALoader", "inputs": {"bundle": bundle}},
+def _train(image, name: str, mode: str = "unziplora") -> dict:
+    return {"class_type": "UnZipLoRATrain", "inputs": {
+        "model": ["1", 0], "clip": ["1", 1], "vae": ["1", 2], "image": image,
+        "content_prompt": "A sks cat", "style_prompt": "A cat in sketch style", "combined_prompt": "",
+        "name": name, "mode": mode, "steps": 600, "rank": 64, "lr_content": 5e-5,
+        "lr_style": 5e-5, "lr_merger": 5e-3, "column_ratio": 0.1, "selections": 3, "orth_lambda": 0.5,
+        "resolution": 1024, "seed": 0, "checkpoint_every": 200, "preview_every": 100, "preview_steps": 8,
+        "gradient_checkpointing": "auto", "precision": "auto", "run_mode": "background"}}
+
+
+def _base(g: dict) -> dict:
+    g["1"] = {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CKPT}}
+    return g
+
+
+# A workflow: the API graph, its sections (group title, node ids, the Note saying what to change) and, for
+# nodes shared by every section, a first column of their own.
+def train_workflow() -> dict:
+    g = _base({"2": {"class_type": "LoadImage", "inputs": {"image": SAMPLE_IMAGE}}, "3": _train(["2", 0], "unziplora")})
+    return {"graph": g, "sections": [
+        {"title": "Model and image", "nodes": ["1", "2"], "note":
+            "Pick your SDXL checkpoint, and the image to unzip in Load Image (a sample sketch is installed as "
+            f"{SAMPLE_IMAGE})."},
+        {"title": "Train (runs in the background)", "nodes": ["3"], "note":
+            "1. Name the subject with a rare word in content_prompt ('A sks cat') and describe the style on a plain "
+            "subject in style_prompt ('A cat in sketch style').\n2. Set name: the files become "
+            "models/loras/unziplora/<name>_content / <name>_style.\n3. Press Train on the panel (or Run). The "
+            "queue stays free; previews, loss, Cancel and Resume are on the panel, and 'Use it' adds a graph "
+            "that samples with the result.\nThe defaults are the paper's (600 steps at 1024 px); fewer steps or "
+            "a lower resolution train faster."},
+    ]}
+
+
+def content_workflow() -> dict:
+    g = _base({
+        "2": {"class_type": "UnZipLoRALoader", "inputs": {"bundle": BUNDLE}},
         "3": _text(["1", 1], NEG),
-        # content alone: the subject somewhere new, in another style
-        "10": {"class_type": "UnZipLoRAApply", "inputs": {"model": ["1", 0], "mode": "content", "content_from": ["2", 0],
-                                                          "content_strength": 1.0, "style_strength": 1.0}},
-        "11": _text(["1", 1], "A sks cat on the beach, watercolor painting"),
-        # style alone: a new subject in the style
-        "20": {"class_type": "UnZipLoRAApply", "inputs": {"model": ["1", 0], "mode": "style", "content_from": ["2", 0],
-                                                          "content_strength": 1.0, "style_strength": 1.0}},
-        "21": _text(["1", 1], "A dog in sketch style"),
-        # both: recontextualise the image, each LoRA reading its own prompt
-        "30": {"class_type": "UnZipLoRAApply", "inputs": {"model": ["1", 0], "mode": "both", "content_from": ["2", 0],
-                                                          "content_strength": 1.0, "style_strength": 1.0}},
+        "10": _apply("content", ["2", 0]),
+        # the trained content prompt ("A sks cat") + the new scene, instead of retyping the trigger
+        "11": {"class_type": "StringConcatenate", "inputs": {"string_a": ["2", 2],
+                                                             "string_b": "on the beach, watercolor painting",
+                                                             "delimiter": " "}},
+        "12": _text(["1", 1], ["11", 0]),
+    })
+    tail = _tail(g, 12, ["10", 0], ["12", 0], ["3", 0], "unziplora_content")
+    return {"graph": g, "sections": [
+        {"title": "Model and trained pair", "nodes": ["1", "2", "3"], "note":
+            f"Pick the checkpoint you trained on and your run in UnZipLoRA Loader (the Train node's name, e.g. "
+            f"{BUNDLE}). The negative prompt is shared."},
+        {"title": "Content alone: the subject somewhere new", "nodes": ["10", "11", "12", *tail], "note":
+            "The content LoRA alone is an ordinary LoRA (the same as LoraLoader on <name>_content). Change "
+            "string_b of Concatenate: it is appended to the trained content prompt ('A sks cat' + 'on the beach, "
+            "watercolor painting')."},
+    ]}
+
+
+def style_workflow() -> dict:
+    g = _base({
+        "2": {"class_type": "UnZipLoRALoader", "inputs": {"bundle": BUNDLE}},
+        "3": _text(["1", 1], NEG),
+        "20": _apply("style", ["2", 0]),
+        # the trained style prompt ("A cat in sketch style") with its subject swapped
+        "21": {"class_type": "StringReplace", "inputs": {"string": ["2", 3], "find": "cat",
+                                                         "replace": "dog on a bicycle"}},
+        "22": _text(["1", 1], ["21", 0]),
+    })
+    tail = _tail(g, 22, ["20", 0], ["22", 0], ["3", 0], "unziplora_style")
+    return {"graph": g, "sections": [
+        {"title": "Model and trained pair", "nodes": ["1", "2", "3"], "note":
+            f"Pick the checkpoint you trained on and your run in UnZipLoRA Loader (e.g. {BUNDLE})."},
+        {"title": "Style alone: a new subject in the style", "nodes": ["20", "21", "22", *tail], "note":
+            "The style LoRA alone is an ordinary LoRA (the same as LoraLoader on <name>_style). Replace swaps the "
+            "subject of the trained style prompt: set find to its subject word ('cat') and replace to yours "
+            "('dog on a bicycle' gives 'A dog on a bicycle in sketch style')."},
+    ]}
+
+
+def both_workflow() -> dict:
+    g = _base({
+        "2": {"class_type": "UnZipLoRALoader", "inputs": {"bundle": BUNDLE}},
+        "30": _apply("both", ["2", 0]),
+        # recreate: the three trained prompts, straight from the loader
         "31": {"class_type": "UnZipLoRAPrompts", "inputs": {
-            "clip": ["1", 1], "prompt": "A sks cat on a skateboard in sketch style",
-            "content_prompt": "A sks cat on a skateboard", "style_prompt": "A cat on a skateboard in sketch style",
+            "clip": ["1", 1], "prompt": ["2", 1], "content_prompt": ["2", 2], "style_prompt": ["2", 3],
             "negative_prompt": NEG}},
-    }
-    _tail(g, 12, ["10", 0], ["11", 0], ["3", 0], "unziplora_content")
-    _tail(g, 22, ["20", 0], ["21", 0], ["3", 0], "unziplora_style")
-    _tail(g, 32, ["30", 0], ["31", 0], ["31", 1], "unziplora_both")
-    return g
+        # recombine: one change ("cat" -> "cat on a skateboard") applied to all three prompts
+        "40": {"class_type": "PrimitiveString", "inputs": {"value": "cat on a skateboard"}},
+        "41": {"class_type": "StringReplace", "inputs": {"string": ["2", 1], "find": "cat", "replace": ["40", 0]}},
+        "42": {"class_type": "StringReplace", "inputs": {"string": ["2", 2], "find": "cat", "replace": ["40", 0]}},
+        "43": {"class_type": "StringReplace", "inputs": {"string": ["2", 3], "find": "cat", "replace": ["40", 0]}},
+        "44": {"class_type": "UnZipLoRAPrompts", "inputs": {
+            "clip": ["1", 1], "prompt": ["41", 0], "content_prompt": ["42", 0], "style_prompt": ["43", 0],
+            "negative_prompt": NEG}},
+    })
+    recreate = _tail(g, 32, ["30", 0], ["31", 0], ["31", 1], "unziplora_recreate")
+    recombine = _tail(g, 45, ["30", 0], ["44", 0], ["44", 1], "unziplora_recombine")
+    return {"graph": g, "sections": [
+        {"title": "Model and trained pair", "nodes": ["1", "2", "30"], "note":
+            f"Pick the checkpoint you trained on and your run in UnZipLoRA Loader (e.g. {BUNDLE}). Apply in mode "
+            "'both' loads both LoRAs with their mergers; each reads its own prompt."},
+        {"title": "Recreate: the trained prompts", "nodes": ["31", *recreate], "note":
+            "The combined, content and style prompts come from the run itself: this recreates the image."},
+        {"title": "Recombine: one change in all three prompts", "nodes": ["40", "41", "42", "43", "44", *recombine],
+         "note": "Type the new subject once in String ('cat on a skateboard'): Replace puts it into the combined, "
+                 "content and style prompts ('A sks cat on a skateboard in sketch style' / 'A sks cat on a "
+                 "skateboard' / 'A cat on a skateboard in sketch style'). find is the subject word of your prompts."},
+    ]}
 
 
-def cross_graph(ckpt: str, bundle_a: str, bundle_b: str) -> dict:
-    """The content of one image's run with the style of another's."""
-    g = {
-        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
-        "2": {"class_type": "UnZipLoRALoader", "inputs": {"bundle": bundle_a}},
-        "3": {"class_type": "UnZipLoRALoader", "inputs": {"bundle": bundle_b}},
-        "4": {"class_type": "UnZipLoRAApply", "inputs": {"model": ["1", 0], "mode": "both", "content_from": ["2", 0],
-                                                         "style_from": ["3", 0], "content_strength": 1.0,
-                                                         "style_strength": 1.0}},
+def cross_workflow() -> dict:
+    g = _base({
+        "2": {"class_type": "UnZipLoRALoader", "inputs": {"bundle": BUNDLE}},
+        "3": {"class_type": "UnZipLoRALoader", "inputs": {"bundle": "watercolor.safetensors"}},
+        "4": _apply("both", ["2", 0], ["3", 0]),
+        # content prompt of A, style prompt of B; the combined prompt is built from the two
         "5": {"class_type": "UnZipLoRAPrompts", "inputs": {
-            "clip": ["1", 1], "prompt": "A sks cat in watercolor style", "content_prompt": "A sks cat",
-            "style_prompt": "A cat in watercolor style", "negative_prompt": NEG}},
-    }
-    _tail(g, 6, ["4", 0], ["5", 0], ["5", 1], "unziplora_cross")
-    return g
+            "clip": ["1", 1], "prompt": "", "content_prompt": ["2", 2], "style_prompt": ["3", 3],
+            "negative_prompt": NEG, "content_from": ["2", 0], "style_from": ["3", 0]}},
+    })
+    tail = _tail(g, 6, ["4", 0], ["5", 0], ["5", 1], "unziplora_cross")
+    return {"graph": g, "sections": [
+        {"title": "Two trained pairs", "nodes": ["1", "2", "3"], "note":
+            "Top loader: the run whose content (subject) you want. Bottom loader: the run whose style you want. "
+            "Any two LoRA files work too: replace a loader by 'UnZipLoRA Load LoRA Pair' or 'Load B-LoRA'."},
+        {"title": "Content of A x style of B", "nodes": ["4", "5", *tail], "note":
+            "Apply takes the content LoRA of content_from and the style LoRA of style_from. Prompts reads A's "
+            "content prompt and B's style prompt; an empty combined prompt is built from them ('A sks cat' + "
+            "'A house in watercolor style' -> 'A sks cat in watercolor style'). Type one to change the scene."},
+    ]}
+
+
+def compare_workflow() -> dict:
+    g = _base({"2": {"class_type": "LoadImage", "inputs": {"image": SAMPLE_IMAGE}}})
+    sections = [{"title": "Model and image", "nodes": ["1", "2"], "note":
+                 "One image, three methods, the same prompts and seed: their previews appear side by side on the "
+                 "three panels. Change the prompts on each Train node alike."}]
+    for i, (mode, what) in enumerate((("naive", "two LoRAs on one prompt (the paper's baseline)"),
+                                      ("blora", "B-LoRA: one LoRA in two blocks, split by block"),
+                                      ("unziplora", "prompt + column + block separation (the paper)"))):
+        nid = str(10 + i)
+        g[nid] = _train(["2", 0], f"compare_{mode}", mode)
+        g[nid]["inputs"].update(steps=300, checkpoint_every=0, preview_every=50)
+        sections.append({"title": f"mode {mode}", "nodes": [nid], "note": f"{mode}: {what}. Run trains all three "
+                         "one after another (the queue stays free); each panel's 'Use it' samples with its files."})
+    return {"graph": g, "sections": sections, "row": True}
+
+
+SEEDS_TRAIN = "Seeds - train three runs to pick the best one"
+SEEDS_SCORE = "Seeds - score the three runs and pick the best"
+INSPECT_SPEC = REPO / "scripts" / "seeds_workflows.json"  # the seed-fragility graphs (from the inspect work)
+
+
+def _seeds_graphs() -> dict:
+    """The seed-fragility pair of graphs (described by the inspect work: train seeds 0-2, then score them)."""
+    spec = json.loads(INSPECT_SPEC.read_text()) if INSPECT_SPEC.is_file() else None
+    if spec is None:
+        return {}
+    graphs = {}
+    for key, g in spec["graphs"].items():
+        g = json.loads(json.dumps(g))
+        for node in g.values():
+            node["inputs"].pop("resume_from", None)
+            if node["class_type"] == "LoadImage":
+                node["inputs"]["image"] = SAMPLE_IMAGE
+        graphs[key] = g
+    return graphs
+
+
+def seeds_train_workflow() -> dict:
+    g = _seeds_graphs()["unziplora_seeds_train"]
+    trains = [k for k, n in g.items() if n["class_type"] == "UnZipLoRATrain"]
+    sections = [{"title": "Model and image", "nodes": ["1", "2"], "note":
+                 "The method is sensitive to the seed: train the same image three times (seeds 0, 1, 2), then open "
+                 f"'{SEEDS_SCORE}' to score the runs and keep the best."}]
+    for k in trains:
+        seed = g[k]["inputs"]["seed"]
+        sections.append({"title": f"seed {seed}", "nodes": [k], "note":
+                         f"Run {g[k]['inputs']['name']}: the same prompts with seed {seed}. Run queues all three; "
+                         "they train one after another and the queue stays free."})
+    return {"graph": g, "sections": sections, "row": True}
+
+
+def seeds_score_workflow() -> dict:
+    g = _seeds_graphs()["unziplora_seeds_compare"]
+    runs = [r for r in "123" if f"{r}00" in g]
+    shared = ["1", "2", "3", "4", "5", "6", "7"]
+    sections = [{"title": "Model, reference image, prompts", "nodes": shared, "note":
+                 "The reference is the training image. Score needs a CLIP Vision model in models/clip_vision (any "
+                 "CLIP ViT, e.g. CLIP-ViT-H-14). Both samples of every run use the same prompts and sampling seed."}]
+    for r in runs:
+        nodes = [k for k in g if len(k) == 3 and k[0] == r]
+        sections.append({"title": f"run {g[r + '00']['inputs']['bundle'].rsplit('.', 1)[0]}", "nodes": nodes,
+                         "note": "One run: a style-only and a content-only sample, and what each LoRA took "
+                                 "(Inspect). Pick the run in the loader if you named yours differently."})
+    sections.append({"title": "Score", "nodes": [k for k in g if k.startswith("9")], "note":
+                     "The samples are batched in run order; Score compares them with the reference and names the "
+                     "best run (best_index)."})
+    return {"graph": g, "sections": sections}
+
+
+WORKFLOWS = {TRAIN: train_workflow, CONTENT: content_workflow, STYLE: style_workflow, BOTH: both_workflow,
+             CROSS: cross_workflow, COMPARE: compare_workflow}
+# rendered only where the nodes they use exist (UnZipLoRA Score / Inspect come with the "inspect" work)
+OPTIONAL_WORKFLOWS = {SEEDS_TRAIN: (seeds_train_workflow, ()),
+                      SEEDS_SCORE: (seeds_score_workflow, ("UnZipLoRAScore", "UnZipLoRAInspect"))}
 
 
 def main() -> int:
@@ -112,17 +282,19 @@ def main() -> int:
 
     ckpt_path = ensure_tiny_checkpoint()
     base = make_base_dir(Path(tempfile.mkdtemp(prefix="unziplora-workflows-")), checkpoint=ckpt_path)
-    make_sketch(512, 512).save(base / "input" / "unzip_me.png")
-    for name in ("unziplora", "watercolor"):  # empty placeholders: the loader lists names, nothing is loaded
+    (base / "models" / "checkpoints" / CKPT).symlink_to(ckpt_path)  # the shipped name, so the combos hold it
+    OUT.mkdir(exist_ok=True)
+    write_sample_image(OUT / SAMPLE_IMAGE)
+    (base / "input" / SAMPLE_IMAGE).write_bytes((OUT / SAMPLE_IMAGE).read_bytes())
+    bundles = ("unziplora", "watercolor", "cat_seed0", "cat_seed1", "cat_seed2")
+    for name in bundles:  # empty placeholders: the loader lists names, nothing is loaded
         (base / "models" / "unziplora").mkdir(parents=True, exist_ok=True)
         (base / "models" / "unziplora" / f"{name}.safetensors").write_bytes(b"")
-    workflows = {
-        "unziplora_train": train_graph(ckpt_path.name),
-        "unziplora_use_content_style_both": use_graph(ckpt_path.name, BUNDLE),
-        "unziplora_cross_two_images": cross_graph(ckpt_path.name, BUNDLE, "watercolor.safetensors"),
-    }
+    (base / "models" / "clip_vision").mkdir(parents=True, exist_ok=True)
+    (base / "models" / "clip_vision" / "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors").write_bytes(b"")
+    for old in list(OUT.glob("*.json")) + list(OUT.glob("*.jpg")):
+        old.unlink()  # names change with titles: no stale template stays listed
     server = start_server(base)
-    OUT.mkdir(exist_ok=True)
     try:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
@@ -132,52 +304,108 @@ def main() -> int:
             banner = page.locator("button[aria-label='Close']").first  # the 'Nodes 2.0' announcement
             if banner.count():
                 banner.click()
-            for name, graph in workflows.items():
-                page.evaluate("""([graph, name, depth]) => {
-                    const app = window.app;
-                    app.nodeOutputs = {};  // no image previews carried over from the previous graph's node ids
-                    app.loadApiJson(graph, name);
-                    for (const n of app.graph.nodes) {
-                        const c = n.widgets?.find((w) => w.name === "control_after_generate");
-                        if (c) c.value = "fixed";
-                    }
-                }""", [graph, name, None])
-                page.wait_for_timeout(600)  # let DOM widgets size their nodes before laying out
-                ui = page.evaluate("""(depth) => {
-                    const app = window.app, g = app.graph;
-                    const cols = {};
-                    for (const n of g.nodes) (cols[depth[n.id]] ??= []).push(n);
-                    let x = 40;
-                    for (const d of Object.keys(cols).map(Number).sort((a, b) => a - b)) {
-                        let y = 60, w = 0;
-                        for (const n of cols[d].sort((a, b) => a.id - b.id)) {
-                            n.pos = [x, y];
-                            y += n.size[1] + 70;
-                            w = Math.max(w, n.size[0]);
-                        }
-                        x += w + 60;
-                    }
-                    const b = g.nodes.reduce((a, n) => [Math.min(a[0], n.pos[0]), Math.min(a[1], n.pos[1] - 30),
-                        Math.max(a[2], n.pos[0] + n.size[0]), Math.max(a[3], n.pos[1] + n.size[1])],
-                        [1e9, 1e9, -1e9, -1e9]);
-                    // fit the graph into the middle of the canvas, clear of the side bar and the floating menus
-                    const W = app.canvas.canvas.clientWidth, H = app.canvas.canvas.clientHeight;
-                    const s = Math.min((W - 500) / (b[2] - b[0]), (H - 400) / (b[3] - b[1]), 1.0);
-                    app.canvas.ds.scale = s;
-                    app.canvas.ds.offset = [250 / s - b[0], 200 / s - b[1]];
-                    g.setDirtyCanvas(true, true);
-                    const r = app.canvas.canvas.getBoundingClientRect();
-                    return {ui: g.serialize(), clip: {x: r.left + 250 - 20, y: r.top + 200 - 20,
-                            width: (b[2] - b[0]) * s + 40, height: (b[3] - b[1]) * s + 40}};
-                }""", _depths(graph))
-                page.mouse.move(5, 5)
-                page.wait_for_timeout(800)
-                png = page.screenshot(clip=ui["clip"])
-                _write_outputs(name, ui["ui"], png)
+            known = set(server.client().object_info())
+            todo = dict(WORKFLOWS)
+            for name, (make, needs) in OPTIONAL_WORKFLOWS.items():
+                missing = [t for t in needs if t not in known]
+                if missing or not INSPECT_SPEC.is_file():
+                    print(f"skipped {name!r}: needs {missing or INSPECT_SPEC}")
+                else:
+                    todo[name] = make
+            for name, make in todo.items():
+                wf = make()
+                ui, png = render(page, name, wf)
+                _write_outputs(name, ui, png)
             browser.close()
     finally:
         server.stop()
     return 0
+
+
+def write_sample_image(path: Path) -> None:
+    """The sketch every template's Load Image names (drawn, ours to ship; 512 px keeps it small)."""
+    img = make_sketch(512, 512)
+    img.save(path, optimize=True)
+    assert path.stat().st_size < 200_000, f"{path} is {path.stat().st_size} bytes"
+
+
+def render(page, name: str, wf: dict) -> tuple[dict, bytes]:
+    """Load the API graph into the page, add a Note per section, lay the sections out as groups, serialise."""
+    placed = {n for sec in wf["sections"] for n in sec["nodes"]}
+    wf["sections"][0]["nodes"] += [n for n in wf["graph"] if n not in placed]  # e.g. the shared latent
+    page.evaluate("""([graph, name, model]) => {
+        const app = window.app;
+        app.nodeOutputs = {};  // no image previews carried over from the previous graph's node ids
+        app.loadApiJson(graph, name);
+        for (const n of app.graph.nodes) {
+            const c = n.widgets?.find((w) => w.name === "control_after_generate");
+            if (c) c.value = "fixed";
+            // room for the image a run shows, so nothing overlaps afterwards
+            if (n.type === "SaveImage") n.size = [420, 470];
+            if (n.type === "CheckpointLoaderSimple") n.properties.models = [model];
+        }
+    }""", [wf["graph"], name, CKPT_MODEL])
+    page.wait_for_timeout(600)  # let DOM widgets size their nodes before laying out
+    out = page.evaluate("""([sections, row, depth]) => {
+        const app = window.app, g = app.graph, LG = window.LiteGraph;
+        const TITLE = LG.NODE_TITLE_HEIGHT ?? 30, PAD = 24, HEAD = 50, GAP = 36, SECTION_GAP = 60;
+        const colors = ["#3f789e", "#8a8a3e", "#5f8f4f", "#7a4f8f", "#8f5f4f", "#4f8f8a"];
+        const place = (sec, x0, y0, vertical) => {
+            const note = LG.createNode("Note");
+            note.widgets[0].value = sec.note;
+            note.size = [360, Math.max(120, 40 + 17 * Math.ceil(sec.note.length / 48))];
+            g.add(note);
+            const nodes = sec.nodes.map((id) => g.getNodeById(Number(id)));
+            const cols = {};
+            for (const n of nodes) (cols[vertical ? 0 : depth[n.id]] ??= []).push(n);
+            const columns = [[note], ...Object.keys(cols).map(Number).sort((a, b) => a - b).map((k) => cols[k])];
+            if (vertical) columns.splice(0, 2, [note, ...columns[1]]);
+            let x = x0 + PAD, bottom = y0;
+            for (const col of columns) {
+                let y = y0 + HEAD + TITLE, w = 0;
+                for (const n of col) {
+                    n.pos = [x, y];
+                    y += n.size[1] + TITLE + GAP;
+                    w = Math.max(w, n.size[0]);
+                }
+                bottom = Math.max(bottom, y - GAP - TITLE);
+                x += w + GAP + 20;
+            }
+            const right = x - GAP - 20 + PAD, bot = bottom + PAD;
+            const group = new LG.LGraphGroup(sec.title);
+            group.configure({ id: -1, title: sec.title, bounding: [x0, y0, right - x0, bot - y0],
+                              color: colors[sec.index % colors.length], font_size: 24 });
+            g.add(group);
+            return [right, bot];
+        };
+        // the shared section is a column on the left; the others stack to its right (or sit in a row)
+        sections.forEach((s, i) => (s.index = i));
+        const [left] = place(sections[0], 40, 40, true);
+        let x = left + SECTION_GAP, y = 40;
+        for (const sec of sections.slice(1)) {
+            const [r, b] = place(sec, x, y, false);
+            if (row) x = r + SECTION_GAP; else y = b + SECTION_GAP;
+        }
+        const b = [...g.nodes.map((n) => [n.pos[0], n.pos[1] - TITLE, n.pos[0] + n.size[0], n.pos[1] + n.size[1]]),
+                   ...g.groups.map((gr) => [gr.pos[0], gr.pos[1], gr.pos[0] + gr.size[0], gr.pos[1] + gr.size[1]])]
+            .reduce((a, r) => [Math.min(a[0], r[0]), Math.min(a[1], r[1]), Math.max(a[2], r[2]), Math.max(a[3], r[3])],
+                    [1e9, 1e9, -1e9, -1e9]);
+        // fit the graph into the middle of the canvas, clear of the side bar and the floating menus
+        const W = app.canvas.canvas.clientWidth, H = app.canvas.canvas.clientHeight;
+        const s = Math.min((W - 500) / (b[2] - b[0]), (H - 400) / (b[3] - b[1]), 1.0);
+        app.canvas.ds.scale = s;
+        app.canvas.ds.offset = [250 / s - b[0], 200 / s - b[1]];
+        g.setDirtyCanvas(true, true);
+        const r = app.canvas.canvas.getBoundingClientRect();
+        // JSON round trip: Playwright turns undefined into None, which would be written as null (the schema
+        // refuses null for floatingLinks, definitions, extra.reroutes, slot_index, ...)
+        return {ui: JSON.parse(JSON.stringify(g.serialize())),
+                clip: {x: r.left + 250 - 20, y: r.top + 200 - 20,
+                       width: (b[2] - b[0]) * s + 40, height: (b[3] - b[1]) * s + 40}};
+    }""", [wf["sections"], bool(wf.get("row")), _depths(wf["graph"])])
+    page.mouse.move(5, 5)
+    page.wait_for_timeout(800)
+    return out["ui"], page.screenshot(clip=out["clip"])
 
 
 def _depths(graph: dict) -> dict:
@@ -193,18 +421,32 @@ def _depths(graph: dict) -> dict:
     return {int(k): depth(k) for k in graph}
 
 
+NULLABLE = {"link", "links", "config", "extra"}  # the only keys the frontend's workflow schema lets be null
+
+
+def find_nulls(value, path: str = "") -> list[str]:
+    """Paths of null values the workflow schema would refuse."""
+    out = []
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if v is None and k not in NULLABLE:
+                out.append(f"{path}.{k}")
+            else:
+                out += find_nulls(v, f"{path}.{k}")
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            out += find_nulls(v, f"{path}[{i}]")
+    return out
+
+
 def _write_outputs(name: str, ui: dict, png: bytes) -> None:
     from PIL import Image
 
-    for node in ui["nodes"]:
-        values = node.get("widgets_values")
-        if not isinstance(values, list):
-            continue
-        if node["type"] == "CheckpointLoaderSimple":
-            values[0] = CKPT
     # no fixed workflow id: the frontend gives each opened copy a fresh one, and the train panel tells the
     # copies apart by it (a shared id, or the nil one loadApiJson leaves, would link them all)
     ui.pop("id", None)
+    nulls = find_nulls(ui)
+    assert not nulls, f"{name}: null where the workflow schema wants a value: {nulls[:10]}"
     (OUT / f"{name}.json").write_text(json.dumps(ui, indent=1) + "\n")
     img = Image.open(io.BytesIO(png)).convert("RGB")
     img.thumbnail((960, 600))

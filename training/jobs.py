@@ -29,7 +29,7 @@ from .retention import CheckpointRetention, ResumeRefused, keep_checkpoints
 log = logging.getLogger("unziplora")
 
 EVENT = "unziplora.progress"
-LOSS_HISTORY = 200
+LOSS_HISTORY = 1000  # the panel plots the whole run (the paper's 600 steps); longer runs keep the latest
 # re-exported: callers import these from here
 __all__ = ["ACTIVE", "FINAL", "RESUMABLE", "JobRecord", "ResumeRefused", "keep_checkpoints", "valid_job_id"]
 
@@ -53,6 +53,10 @@ class JobContext:
         self._t0 = None
         self._step0 = 0
         self._last_emit = 0.0
+        self._last_step_at = None
+        self.preview_seconds = 0.0  # wall time spent rendering previews so far
+        self.previews_rendered = 0
+        self.previews_left: Callable[[int], int] | None = None  # step -> preview rounds still to come
 
     def check_stop(self) -> None:
         if self.stop_event.is_set():
@@ -74,12 +78,38 @@ class JobContext:
         done = step - self._step0
         if done > 0 and now > self._t0:
             job.it_per_s = done / (now - self._t0)
-            job.eta_s = (total - step) / job.it_per_s
+            # training steps at their own pace, plus the previews still to come at theirs (a preview round can
+            # take as long as many steps: an average over both would be wrong until late in the run)
+            train_s = max(1e-6, now - self._t0 - self.preview_seconds)
+            job.eta_s = (total - step) * train_s / done + self._previews_eta(step)
+        job.info.pop("activity", None)
+        self._last_step_at = now
         # events every step for small jobs, at most ~4 per second otherwise; the file at most every 2 s
         if now - self._last_emit >= 0.25 or step == total:
             self._last_emit = now
             self._m._emit(job)
         self._m._save(throttle=True)
+
+    def _previews_eta(self, step: int) -> float:
+        if not self.previews_rendered or self.previews_left is None:
+            return 0.0
+        return self.previews_left(step) * self.preview_seconds / self.previews_rendered
+
+    def preview_tick(self, kind: str, i: int, n: int) -> None:
+        """A preview is sampling: say so, and let the ETA count down meanwhile (at most ~4 events a second)."""
+        now = time.time()
+        job = self.job
+        job.info["activity"] = f"rendering the {kind} preview ({i + 1}/{n})"
+        if job.eta_s is not None and self._last_step_at is not None:
+            job.eta_s = max(0.0, job.eta_s - (now - self._last_step_at))
+            self._last_step_at = now
+        if now - self._last_emit >= 0.25:
+            self._last_emit = now
+            self._m._emit(job)
+
+    def preview_done(self, seconds: float) -> None:
+        self.preview_seconds += seconds
+        self.previews_rendered += 1
 
     def set_checkpoint(self, path: str) -> None:
         previous = self.job.checkpoint

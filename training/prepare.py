@@ -67,8 +67,13 @@ def prepare_inputs(model_patcher, clip, vae, image: torch.Tensor, prompt: str, c
     if config.preview_every:
         neg, neg_pooled = clip.encode_from_tokens(clip.tokenize(""), return_pooled=True)
         neg_adm = time_ids_adm(model_patcher.model, _plain(neg_pooled.float()), config.resolution)
+        own_adm = {}
+        for role, text in (("content", content_prompt), ("style", style_prompt)):
+            _, pooled = clip.encode_from_tokens(clip.tokenize(text), return_pooled=True)
+            own_adm[role] = _plain(time_ids_adm(model_patcher.model, _plain(pooled.float()), config.resolution))
         preview = PreviewInputs(negative=_plain(neg.float()), negative_adm=_plain(neg_adm),
-                                decode=private_decoder(vae, model_patcher.model.latent_format))
+                                decode=private_decoder(vae, model_patcher.model.latent_format),
+                                content_adm=own_adm["content"], style_adm=own_adm["style"])
     info = {"prompt": prompt, "content_prompt": content_prompt, "style_prompt": style_prompt,
             "images": int(posteriors.mean.shape[0]), "prediction": objective.describe()}
     return TrainInputs(unet=unet, streams=streams, posteriors=posteriors, adm=adm, base_fingerprint=fp, info=info,

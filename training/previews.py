@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -29,6 +30,32 @@ class PreviewInputs:
     negative: torch.Tensor  # empty-prompt tokens [1, L, 2048]
     negative_adm: torch.Tensor  # y for the negative branch
     decode: Callable[[torch.Tensor], torch.Tensor]  # model-scale latent [1, 4, h, w] -> image [1, H, W, 3] in 0..1
+    # y of the content / style prompt alone: a LoRA used alone gets its own prompt's pooled vector, as with the
+    # stock LoraLoader and that prompt (None: the combined prompt's, for inputs prepared without them)
+    content_adm: torch.Tensor | None = None
+    style_adm: torch.Tensor | None = None
+
+
+class PreviewStopped(Exception):
+    """The job was asked to stop while a preview was sampling."""
+
+
+@contextlib.contextmanager
+def without_mergers(lora, side: str | None):
+    """Mergers at 1 on one side for the duration (side None: untouched). The saved LoRA file carries the hard mask
+    but not the mergers, so a LoRA used alone (stock LoraLoader, Apply content/style) runs without them."""
+    saved = []
+    if side is not None:
+        for _path, _block, dual in lora.items():
+            factors = dual._modules.get(side)
+            if factors is not None:
+                saved.append((factors.merger, factors.merger.data))
+                factors.merger.data = torch.ones_like(factors.merger.data)
+    try:
+        yield
+    finally:
+        for param, data in saved:
+            param.data = data
 
 
 def private_decoder(vae, latent_format) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -69,17 +96,20 @@ def only_side(lora, side: str | None):
 
 
 def euler_sample(model_fn, shape, objective: Objective, steps: int, cfg: float, generator: torch.Generator,
-                 device, dtype) -> torch.Tensor:
+                 device, dtype, on_step: Callable[[int, int], None] | None = None) -> torch.Tensor:
     """Plain Euler in sigma space over the model's schedule with classifier-free guidance: enough for a preview.
 
     model_fn(input, t) -> (cond output, uncond output), each what the model predicts (eps or v). Guidance mixes the
     raw outputs: eps and v are both affine in the denoised latent with the same coefficients for cond and uncond,
-    so this equals guidance on the denoised latent, as ComfyUI's CFG does.
+    so this equals guidance on the denoised latent, as ComfyUI's CFG does. on_step(i, steps) runs before each step
+    (progress, and a stop request raising PreviewStopped).
     """
     ts = torch.linspace(objective.num_timesteps - 1, 0, steps).round().long()
     sigmas = [float(objective.sigmas[t]) for t in ts] + [0.0]
     x = torch.randn(shape, generator=generator).to(device) * sigmas[0]
     for i, t in enumerate(ts):
+        if on_step is not None:
+            on_step(i, steps)
         s = sigmas[i]
         xt = x / (s * s + 1) ** 0.5
         out_c, out_u = model_fn(xt.to(dtype), torch.full((1,), float(t), device=device))
@@ -97,9 +127,27 @@ class PreviewRenderer:
         self.objective = objective
         self.device, self.dtype = device, dtype
         self.out_dir, self.subfolder = out_dir, subfolder
+        # set by the job: a stop request ends a preview at its next sampling step; on_tick(kind, i, n) reports
+        # progress while sampling (the job's ETA and panel keep moving), on_done(seconds) its cost
+        self.should_stop: Callable[[], bool] | None = None
+        self.on_tick: Callable[[str, int, int], None] | None = None
+        self.on_done: Callable[[float], None] | None = None
+
+    def _adm(self, kind: str, combined: torch.Tensor) -> torch.Tensor:
+        own = {"content": self.p.content_adm, "style": self.p.style_adm}.get(kind)
+        return combined if own is None else own.to(combined.device, combined.dtype)
+
+    def render(self, unet, lora, step: int, separate: bool) -> list[dict]:
+        """The previews of this step; fewer (those finished) when the job is asked to stop meanwhile."""
+        t0 = time.monotonic()
+        try:
+            return self._render(unet, lora, step, separate)
+        finally:
+            if self.on_done is not None:
+                self.on_done(time.monotonic() - t0)
 
     @torch.no_grad()
-    def render(self, unet, lora, step: int, separate: bool) -> list[dict]:
+    def _render(self, unet, lora, step: int, separate: bool) -> list[dict]:
         cfg = self.config
         s = self.inputs.streams.to(self.device, self.dtype)
         adm = self.inputs.adm.to(self.device, self.dtype)
@@ -114,24 +162,38 @@ class PreviewRenderer:
             else:
                 x = s.x_c if kind == "content" else s.x_s
                 cond = (x, None, None)  # one LoRA alone is an ordinary LoRA on its own prompt
+            kind_adm = self._adm(kind, adm)
 
-            def model_fn(inp, t, cond=cond):
-                c = predict_eps(unet, lora, inp, t, cond[0], adm, content=cond[1], style=cond[2])
+            def model_fn(inp, t, cond=cond, kind_adm=kind_adm):
+                c = predict_eps(unet, lora, inp, t, cond[0], kind_adm, content=cond[1], style=cond[2])
                 # the paper's CFG: zero content/style streams in the unconditional branch
                 zeros = torch.zeros_like(neg) if separate and kind == "combined" else None
                 u = predict_eps(unet, lora, inp, t, neg, neg_adm, content=zeros, style=zeros)
                 return c, u
 
             gen = torch.Generator().manual_seed(cfg.seed + 1)  # same noise every time: previews compare
-            with only_side(lora, None if kind == "combined" else kind), self._autocast():
-                latent = euler_sample(model_fn, (1, 4, size, size), self.objective, cfg.preview_steps, 5.0, gen,
-                                      self.device, self.dtype)
+            side = None if kind == "combined" else kind
+            try:
+                with only_side(lora, side), without_mergers(lora, side), self._autocast():
+                    latent = euler_sample(model_fn, (1, 4, size, size), self.objective, cfg.preview_steps, 5.0,
+                                          gen, self.device, self.dtype, on_step=self._step_hook(kind))
+            except PreviewStopped:
+                break
             image = self.p.decode(latent.float())
             name = f"step_{step:06d}_{kind}.png"
             _save_png(image[0], os.path.join(self.out_dir, name))
             entries.append({"kind": kind, "step": step, "filename": name, "subfolder": self.subfolder,
                             "type": "output"})
         return entries
+
+    def _step_hook(self, kind: str):
+        def on_step(i: int, n: int) -> None:
+            if self.should_stop is not None and self.should_stop():
+                raise PreviewStopped()
+            if self.on_tick is not None:
+                self.on_tick(kind, i, n)
+
+        return on_step
 
     def _autocast(self):
         if self.dtype == torch.float32:

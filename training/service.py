@@ -75,6 +75,14 @@ def checkpoint_step(path: str) -> int:
     return int(m.group(1)) if m else 0
 
 
+def preview_rounds_after(step: int, config: TrainConfig) -> int:
+    """Preview rounds still to come after `step` (every preview_every steps, and at the last one)."""
+    every, total = config.preview_every, config.steps
+    if not every or step >= total:
+        return 0
+    return (total // every - step // every) + (0 if total % every == 0 else 1)
+
+
 class TrainingService:
     def __init__(self, manager: JobManager, dirs: OutputDirs, device: torch.device | None = None):
         self.manager = manager
@@ -126,6 +134,9 @@ class TrainingService:
                 renderer = PreviewRenderer(inputs.preview, inputs, config, trainer.objective, trainer.device,
                                            trainer.dtype, os.path.join(self.dirs.previews, ctx.job.id),
                                            f"{self.dirs.previews_subfolder}/{ctx.job.id}")
+                renderer.should_stop = lambda: ctx.stop_requested  # Cancel does not wait for a preview
+                renderer.on_tick, renderer.on_done = ctx.preview_tick, ctx.preview_done
+                ctx.previews_left = lambda step: preview_rounds_after(step, config)
             try:
                 result = faults.explained(lambda: trainer.run(
                     progress=ctx.progress, should_stop=lambda: ctx.stop_requested, resume_from=resume_from,

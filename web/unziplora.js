@@ -14,6 +14,7 @@ import { jobsSidebarTab } from "./js/sidebar.js";
 import { JobStore } from "./js/store.js";
 import { TrainPanel } from "./js/panel.js";
 import { viewQuery } from "./js/format.js";
+import { addUseGraph } from "./js/usegraph.js";
 
 const NODE_TYPE = "UnZipLoRATrain";
 const EVENT = "unziplora.progress";
@@ -117,6 +118,7 @@ function bind(entry) {
   if (entry.pending && entry.jobId && entry.jobId !== entry.pendingFrom) {
     entry.pending = false;
     entry.panel.note = null;
+    entry.panel.pending = null;
   }
   entry.panel.setJob(job);
 }
@@ -150,27 +152,121 @@ function bindAll() {
 
 store.subscribe(bindAll);
 
+// A job that just finished wrote LoRA files: the LoRA lists of every loader (ours and the stock ones) learn them
+// without the user pressing R.
+const finished = new Set();
+store.subscribe(() => {
+  let fresh = false;
+  for (const job of store.list()) {
+    if (job.state !== "done" || finished.has(job.id)) continue;
+    finished.add(job.id);
+    if (store.loaded && seenActive.has(job.id)) fresh = true;
+  }
+  for (const job of store.list()) if (job.state !== "done") seenActive.add(job.id);
+  if (fresh) refreshModelLists();
+});
+const seenActive = new Set();
+
+let refreshing = null;
+async function refreshModelLists() {
+  if (refreshing) return refreshing;
+  refreshing = (async () => {
+    try {
+      if (typeof app.refreshComboInNodes === "function") await app.refreshComboInNodes();
+      else await app.extensionManager?.command?.execute?.("Comfy.RefreshNodeDefinitions");
+    } catch (err) {
+      console.warn("[UnZipLoRA] could not refresh the model lists:", err?.message ?? err);
+    } finally {
+      refreshing = null;
+    }
+  })();
+  return refreshing;
+}
+
+/** Mark the panels of the train nodes a prompt will run as queued, whoever queued it (the panel's Train, the
+ * stock Run button, a shortcut): the frontend's queuePrompt is the one way in. */
+function markQueued(output, partialTargets) {
+  const marked = [];
+  const ids = partialTargets?.length ? partialTargets.map(String) : Object.keys(output ?? {});
+  for (const id of ids) {
+    if (output?.[id]?.class_type !== NODE_TYPE) continue;
+    const entry = nodeForExecId(id)?.__unziplora;
+    if (!entry) continue;
+    if (!entry.pending) {
+      entry.pending = true;
+      entry.pendingFrom = entry.jobId ?? null;
+    }
+    entry.panel.note = { text: "Queued: ComfyUI runs this node (prompts, image, model copy), then the job starts.",
+      kind: "info" };
+    entry.panel.setPending("queued");
+    marked.push(entry);
+  }
+  return marked;
+}
+
+// The train node's ui output ({unziplora_job: [id]}) links the panel to its job; the queue panel (1.32.9) would
+// list it as a result file. Hide it there: the history the queue reads is the only place it is dropped.
+const JOB_KEY = "unziplora_job";
+if (typeof api.getHistory === "function") {
+  const originalGetHistory = api.getHistory;
+  api.getHistory = async function (...args) {
+    const data = await originalGetHistory.apply(this, args);
+    try {
+      for (const item of data?.History ?? []) {
+        for (const out of Object.values(item?.outputs ?? {})) {
+          if (out && typeof out === "object" && JOB_KEY in out) delete out[JOB_KEY];
+        }
+      }
+    } catch (err) {
+      console.warn("[UnZipLoRA] could not tidy the history:", err);
+    }
+    return data;
+  };
+}
+
+const originalQueuePrompt = api.queuePrompt;
+api.queuePrompt = async function (number, data, options, ...rest) {
+  // marked before the request: the new job's first event can arrive before the request's answer
+  let marked = [];
+  try {
+    marked = markQueued(data?.output, options?.partialExecutionTargets);
+  } catch (err) {
+    console.warn("[UnZipLoRA] could not mark queued train nodes:", err);
+  }
+  try {
+    return await originalQueuePrompt.call(this, number, data, options, ...rest);
+  } catch (err) {
+    for (const entry of marked) {
+      stopPending(entry);
+      entry.panel.setNote(null);
+    }
+    throw err;
+  }
+};
+
 async function train(entry) {
   adopt(entry);
   const execId = execIdOf(entry.node);
-  entry.pending = true;
-  entry.pendingFrom = entry.jobId ?? null;
-  entry.panel.setNote("Queued: ComfyUI runs this node (prompts, image, model copy), then the job starts.");
   try {
     // only this node's branch: other outputs in the workflow are not run by Train
     await app.queuePrompt(0, 1, execId ? [execId] : undefined);
     // queuePrompt's boolean is unreliable (1.32.9 answers false for an empty node_errors {}): read the errors
     const nodeErrors = app.lastNodeErrors ?? {};
-    if (entry.pending && Object.keys(nodeErrors).length) {
-      entry.pending = false;
+    if (Object.keys(nodeErrors).length) {
+      stopPending(entry);
       const errors = nodeErrors[execId]?.errors ?? [];
       const detail = errors.map((e) => [e.message, e.details].filter(Boolean).join(": ")).join("; ");
       entry.panel.setNote(`Not queued${detail ? `: ${detail}` : ": see the errors marked on the graph"}`, "error");
     }
   } catch (err) {
-    entry.pending = false;
+    stopPending(entry);
     entry.panel.setNote(`Not queued: ${err?.message ?? err}`, "error");
   }
+}
+
+function stopPending(entry) {
+  entry.pending = false;
+  entry.panel.pending = null;
 }
 
 async function cancel(job, entry) {
@@ -193,6 +289,7 @@ async function resume(job, entry) {
     entry.panel.busy = true;
     entry.pending = true;
     entry.pendingFrom = entry.jobId ?? null;
+    entry.panel.pending = "queued";
     entry.panel.setNote(`Resuming ${job.name} from its last checkpoint…`);
   }
   try {
@@ -200,7 +297,7 @@ async function resume(job, entry) {
   } catch (err) {
     toast("error", "UnZipLoRA: resume failed", err.message);
     if (entry) {
-      entry.pending = false;
+      stopPending(entry);
       entry.panel.setNote(`Resume failed: ${err.message}`, "error");
     }
   } finally {
@@ -222,6 +319,7 @@ function attachPanel(node) {
     train: () => train(entry),
     cancel: (job) => cancel(job, entry),
     resume: (job) => resume(job, entry),
+    useIt: (job) => useIt(job, entry),
     viewURL: (preview) => api.apiURL(viewQuery(preview)),
   });
   const widget = node.addDOMWidget("unziplora_panel", "unziplora-panel", entry.panel.element, {
@@ -229,7 +327,9 @@ function attachPanel(node) {
     getValue: () => "",
     setValue: () => {},
     margin: PANEL_MARGIN,
+    // min = max: the slot is the panel's fixed height, so the node keeps one size whatever the panel shows
     getMinHeight: () => entry.panel.height(PANEL_MARGIN),
+    getMaxHeight: () => entry.panel.height(PANEL_MARGIN),
   });
   widget.serialize = false; // not in the saved workflow's widgets_values either
   entry.widget = widget;
@@ -237,15 +337,38 @@ function attachPanel(node) {
   entries.add(entry);
 
   if (typeof ResizeObserver !== "undefined") {
-    let frame = 0;
-    const observer = new ResizeObserver(() => {
-      cancelAnimationFrame(frame);
-      frame = requestAnimationFrame(redraw); // the node grows to the panel's new height on the next draw
-    });
+    // the plot follows the panel's width (the node resized, or first laid out)
+    const observer = new ResizeObserver(() => entry.panel.plot.draw());
     observer.observe(entry.panel.inner);
     entry.observer = observer;
   }
+  legibleSmallFloats(node);
   bind(entry);
+}
+
+/** Nodes 2.0 shows FLOAT widgets with PrimeVue's InputNumber, which rounds to 3 decimals unless told otherwise
+ * (lr 5e-05 showed as 0); the classic canvas uses the widget's precision and is unaffected. */
+function legibleSmallFloats(node) {
+  for (const w of node.widgets ?? []) {
+    const step = w.options?.step2 ?? w.options?.step;
+    if (w.type !== "number" || !(step > 0 && step < 1e-3)) continue;
+    w.options.minFractionDigits = 0;
+    w.options.maxFractionDigits = Math.min(20, Math.max(8, w.options.precision ?? 0));
+  }
+}
+
+async function useIt(job, entry) {
+  try {
+    await refreshModelLists(); // the loader's list must hold the new bundle
+    const nodes = addUseGraph(app, entry.node, job);
+    redraw();
+    toast("success", "UnZipLoRA", `Added a graph that samples with ${job.name} (queue it with Run).`);
+    return nodes;
+  } catch (err) {
+    console.warn("[UnZipLoRA] could not add the graph:", err);
+    entry.panel.setNote(`Could not add the graph: ${err?.message ?? err}`, "error");
+    return null;
+  }
 }
 
 function detachPanel(node) {
@@ -284,13 +407,16 @@ api.addEventListener("executing", ({ detail }) => {
   if (detail === null || detail === undefined) return;
   const node = nodeForExecId(detail);
   const entry = node?.__unziplora;
-  if (entry?.pending) entry.panel.setNote("Preparing: encoding the prompts and the image, copying the model…");
+  if (entry?.pending) {
+    entry.panel.note = { text: "Preparing: encoding the prompts and the image, copying the model…", kind: "info" };
+    entry.panel.setPending("preparing");
+  }
 });
 
 api.addEventListener("execution_error", ({ detail }) => {
   const entry = nodeForExecId(detail?.node_id)?.__unziplora;
   if (entry) {
-    entry.pending = false;
+    stopPending(entry);
     entry.panel.setNote(`Not started: ${detail.exception_message ?? detail.exception_type ?? "error"}`, "error");
   }
 });
@@ -299,7 +425,7 @@ api.addEventListener("execution_cached", ({ detail }) => {
   for (const id of detail?.nodes ?? []) {
     const entry = nodeForExecId(id)?.__unziplora;
     if (entry?.pending) {
-      entry.pending = false;
+      stopPending(entry);
       entry.panel.setNote("ComfyUI reused its cached result for this node: no new job was started.", "error");
     }
   }
@@ -308,7 +434,7 @@ api.addEventListener("execution_cached", ({ detail }) => {
 api.addEventListener("execution_interrupted", () => {
   for (const entry of entries) {
     if (entry.pending) {
-      entry.pending = false;
+      stopPending(entry);
       entry.panel.setNote("Interrupted before the job started.", "error");
     }
   }
@@ -357,6 +483,13 @@ app.registerExtension({
     const sidebar = jobsSidebarTab(store, {
       cancel: (job) => cancel(job, entryForJob(job)),
       resume: (job) => resume(job, entryForJob(job)),
+      deleteCheckpoints: async (job) => {
+        try {
+          await store.deleteCheckpoints(job.id);
+        } catch (err) {
+          toast("error", "UnZipLoRA: could not delete the checkpoints", err.message);
+        }
+      },
       canLocate: (job) => {
         const node = nodeForJob(job);
         return !!node?.__unziplora && node.graph === app.canvas?.graph;

@@ -78,50 +78,6 @@ export function percent(job) {
   return Math.max(0, Math.min(100, (100 * job.step) / job.total));
 }
 
-/** Points of an SVG polyline for the losses in a width x height box (higher loss = higher on screen). */
-export function sparklinePoints(values, width, height, pad = 1.5) {
-  const finite = (values || []).filter((v) => Number.isFinite(v));
-  if (finite.length < 2) return "";
-  let lo = Math.min(...finite);
-  let hi = Math.max(...finite);
-  if (hi - lo < 1e-12) {
-    lo -= 0.5;
-    hi += 0.5;
-  }
-  const n = finite.length;
-  return finite
-    .map((v, i) => {
-      const x = pad + ((width - 2 * pad) * i) / (n - 1);
-      const y = pad + (height - 2 * pad) * (1 - (v - lo) / (hi - lo));
-      return `${x.toFixed(1)},${y.toFixed(1)}`;
-    })
-    .join(" ");
-}
-
-const SVG_NS = "http://www.w3.org/2000/svg";
-
-/** An inline SVG sparkline of the loss history (empty SVG with fewer than two points). */
-export function sparkline(values, width = 96, height = 22) {
-  const svg = document.createElementNS(SVG_NS, "svg");
-  svg.setAttribute("class", "uzl-spark");
-  svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
-  svg.setAttribute("width", String(width));
-  svg.setAttribute("height", String(height));
-  svg.setAttribute("aria-hidden", "true");
-  const points = sparklinePoints(values, width, height);
-  if (!points) return svg;
-  const area = document.createElementNS(SVG_NS, "polygon");
-  const first = points.split(" ")[0].split(",")[0];
-  const last = points.split(" ").slice(-1)[0].split(",")[0];
-  area.setAttribute("points", `${first},${height} ${points} ${last},${height}`);
-  area.setAttribute("class", "uzl-spark-area");
-  const line = document.createElementNS(SVG_NS, "polyline");
-  line.setAttribute("points", points);
-  line.setAttribute("class", "uzl-spark-line");
-  svg.append(area, line);
-  return svg;
-}
-
 /** The latest preview of each kind, in the order content, style, combined, then anything else. */
 export function latestPreviews(previews) {
   const byKind = new Map();
@@ -154,4 +110,26 @@ export function outputRows(job) {
     if (out[key]) rows.push([label, out[key]]);
   }
   return rows;
+}
+
+/** The last folders of a file's directory: ".../models/loras/unziplora". */
+export function shortDir(path, keep = 3) {
+  if (!path) return "";
+  const parts = String(path).split(/[\\/]/).filter(Boolean);
+  parts.pop();
+  const tail = parts.slice(-keep).join("/");
+  return parts.length > keep ? `…/${tail}` : tail;
+}
+
+/** 12345678 -> "11.8 MB". */
+export function formatBytes(bytes) {
+  if (!Number.isFinite(bytes) || bytes < 0) return "";
+  const units = ["B", "KB", "MB", "GB", "TB"];
+  let v = bytes;
+  let i = 0;
+  while (v >= 1024 && i < units.length - 1) {
+    v /= 1024;
+    i++;
+  }
+  return `${v.toFixed(v >= 100 || i === 0 ? 0 : 1)} ${units[i]}`;
 }

@@ -12,17 +12,25 @@ import {
   latestPreviews,
   outputRows,
   percent,
-  sparkline,
+  shortDir,
 } from "./format.js";
+import { LossPlot } from "./plot.js";
+
+// The panel's height never changes (graph units): the node is sized once and stays that size across runs,
+// reloads and both renderers; what a state does not use stays blank rather than collapsing.
+export const PANEL_HEIGHT = 452;
+
+const PENDING_LABELS = { queued: "queued", preparing: "preparing…" };
 
 export class TrainPanel {
   /**
-   * @param {object} actions  {train(), cancel(job), resume(job), viewURL(preview) -> string}
+   * @param {object} actions  {train(), cancel(job), resume(job), useIt(job), viewURL(preview) -> string}
    */
   constructor(actions) {
     this.actions = actions;
     this.job = null;
     this.note = null; // {text, kind: "info" | "error"} shown under the header (queueing, request errors)
+    this.pending = null; // "queued" | "preparing": a run of this node is on its way; the old job is not shown
     this.busy = false;
 
     this.trainBtn = el("button", {
@@ -56,13 +64,26 @@ export class TrainPanel {
     this.progressRow = el("div", { class: "uzl-progress" }, el("div", { class: "uzl-bar" }, this.fill), this.stepsText);
 
     this.lossText = el("span", { class: "uzl-loss", "data-role": "loss" });
-    this.sparkHolder = el("span", { class: "uzl-spark-holder" });
     this.speedText = el("span", { class: "uzl-speed", "data-role": "speed" });
     this.etaText = el("span", { class: "uzl-eta", "data-role": "eta" });
-    this.statsRow = el("div", { class: "uzl-stats" }, this.lossText, this.sparkHolder, this.speedText, this.etaText);
+    this.statsRow = el("div", { class: "uzl-stats" }, this.lossText, el("span", { class: "uzl-grow" }), this.speedText,
+      this.etaText);
 
+    this.plot = new LossPlot(104);
     this.previewRow = el("div", { class: "uzl-previews", "data-role": "previews" });
-    this.filesBox = el("div", { class: "uzl-files", "data-role": "files" });
+    this.filesList = el("div", { class: "uzl-files-list" });
+    this.whereText = el("div", { class: "uzl-where", "data-role": "where" });
+    this.useBtn = el("button", {
+      class: "uzl-btn uzl-btn-primary uzl-btn-small",
+      type: "button",
+      "data-action": "use",
+      title: "Add a Loader -> Apply -> Prompts -> KSampler group for these files to the canvas, with the trained prompts",
+      onclick: () => this.job && this.actions.useIt?.(this.job),
+    }, el("i", { class: "pi pi-plus" }), "Use it");
+    this.filesBox = el("div", { class: "uzl-files", "data-role": "files" },
+      el("div", { class: "uzl-files-head" }, el("span", { class: "uzl-muted" }, "Files"), el("span", { class: "uzl-grow" }),
+        this.useBtn),
+      this.filesList, this.whereText);
     this.errorBox = el("div", { class: "uzl-error", "data-role": "error" });
 
     this.inner = el(
@@ -73,23 +94,27 @@ export class TrainPanel {
       this.noteBox,
       this.progressRow,
       this.statsRow,
+      this.plot.element,
       this.previewRow,
       this.filesBox,
       this.errorBox,
     );
-    // ComfyUI sizes the outer element to the widget's slot; the inner one keeps its natural height (measured).
+    // ComfyUI sizes the outer element to the widget's slot; the inner one has the fixed panel height.
     this.element = el("div", { class: "uzl-root" }, this.inner);
-    this._height = 64;
+    this.inner.style.height = `${PANEL_HEIGHT}px`;
     this._previewKey = "";
     this.render();
   }
 
-  /** Natural height of the content in graph units (the DOM widget asks for at least this much; ComfyUI
-   * makes the element its slot's height minus the widget margin above and below). */
+  /** The slot the DOM widget asks for, in graph units: fixed, so the node never grows with what it shows. */
   height(margin = 0) {
-    const h = this.inner.offsetHeight;
-    if (h > 0) this._height = h;
-    return this._height + 2 * margin + 2;
+    return PANEL_HEIGHT + 2 * margin + 2;
+  }
+
+  /** A run of this node was queued ("queued") or started executing ("preparing"); null when it is over. */
+  setPending(kind) {
+    this.pending = kind || null;
+    this.render();
   }
 
   setJob(job) {
@@ -103,13 +128,15 @@ export class TrainPanel {
   }
 
   render() {
-    const job = this.job;
-    const state = job ? job.state : "idle";
+    // while a new run is on its way the previous job's bar, plot, previews and files are not shown
+    const job = this.pending ? null : this.job;
+    const state = this.pending ?? (job ? job.state : "idle");
     this.inner.dataset.state = state;
     this.inner.dataset.jobId = job ? job.id : "";
 
     // header
-    this.stateChip.textContent = job ? STATE_LABELS[job.state] ?? job.state : "not trained";
+    this.stateChip.textContent = this.pending ? PENDING_LABELS[this.pending]
+      : job ? STATE_LABELS[job.state] ?? job.state : "not trained";
     this.stateChip.dataset.state = state;
     this.jobLabel.textContent = job ? job.name : "";
     this.jobLabel.title = job
@@ -121,7 +148,9 @@ export class TrainPanel {
     this.resumeBtn.disabled = this.busy;
 
     // note: queueing messages, request errors; a hint when there is no job yet
-    const note = this.note ?? (job ? null : { text: "Train queues this node; the run continues in the background.", kind: "hint" });
+    const activity = job && isActive(job) ? job.info?.activity : null;
+    const note = this.note ?? (activity ? { text: activity, kind: "info" } : null)
+      ?? (job || this.pending ? null : { text: "Train (or Run) queues this node; the run continues in the background.", kind: "hint" });
     show(this.noteBox, !!note);
     this.noteBox.textContent = note ? note.text : "";
     this.noteBox.dataset.kind = note ? note.kind : "";
@@ -135,16 +164,11 @@ export class TrainPanel {
       this.stepsText.title = `${pct.toFixed(0)}%`;
     }
 
-    // loss, sparkline, speed, ETA
-    const losses = job?.losses || [];
+    // loss, speed, ETA, plot
     show(this.statsRow, !!job && (job.loss !== null && job.loss !== undefined));
+    this.plot.setJob(job);
     if (job) {
       this.lossText.replaceChildren(el("span", { class: "uzl-muted" }, "loss "), formatLoss(job.loss));
-      this.sparkHolder.replaceChildren(sparkline(losses));
-      if (losses.length > 1) {
-        this.sparkHolder.title = `last ${losses.length} steps: min ${formatLoss(Math.min(...losses))}, `
-          + `max ${formatLoss(Math.max(...losses))}`;
-      }
       this.speedText.textContent = formatSpeed(job.it_per_s);
       const eta = isActive(job) && job.state === "running" ? formatDuration(job.eta_s) : "";
       this.etaText.textContent = eta ? `ETA ${eta}` : job.started && job.finished
@@ -156,12 +180,16 @@ export class TrainPanel {
     // files when done
     const rows = job?.state === "done" ? outputRows(job) : [];
     show(this.filesBox, rows.length > 0);
-    this.filesBox.replaceChildren(
+    this.filesList.replaceChildren(
       ...rows.map(([label, path]) =>
         el("div", { class: "uzl-file", title: path },
           el("span", { class: "uzl-file-kind" }, label),
           el("span", { class: "uzl-file-name", "data-role": "file" }, basename(path)))),
     );
+    const dirs = [...new Set(rows.map(([, path]) => shortDir(path)))];
+    this.whereText.textContent = dirs.length ? `in ${dirs.join(" and ")}` : "";
+    this.whereText.title = rows.map(([label, path]) => `${label}: ${path}`).join("\n");
+    this.useBtn.hidden = !this.actions.useIt;
 
     // error
     const error = job?.state === "failed" || job?.state === "interrupted" ? job.error : null;

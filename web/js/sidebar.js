@@ -5,6 +5,7 @@ import {
   basename,
   el,
   formatClock,
+  formatBytes,
   formatDuration,
   formatLoss,
   isActive,
@@ -14,7 +15,8 @@ import {
 
 /**
  * @param {import("./store.js").JobStore} store
- * @param {object} actions {cancel(job), resume(job), locate(job) -> boolean, canLocate(job) -> boolean}
+ * @param {object} actions {cancel(job), resume(job), locate(job) -> boolean, canLocate(job) -> boolean,
+ *   deleteCheckpoints(job)}
  */
 export function jobsSidebarTab(store, actions) {
   let unsubscribe = null;
@@ -47,6 +49,9 @@ export function jobsSidebarTab(store, actions) {
     id: "unziplora-jobs",
     icon: "pi pi-chart-line",
     title: "UnZipLoRA",
+    // the label under the icon (1.58.1 shows label || title): a zero-width space lets a narrow sidebar break it
+    // as "UnZip / LoRA" instead of inside the word ("UnZipLoR / A")
+    label: "UnZip\u200bLoRA",
     tooltip: "UnZipLoRA training jobs",
     type: "custom",
     render: (node) => {
@@ -79,6 +84,10 @@ function jobCard(job, actions, wasResumed) {
   meta.push(formatClock(job.created));
   if (job.info?.node_id) meta.push(`node #${job.info.node_id}`);
 
+  // checkpoint_bytes / DELETE .../checkpoints come with newer servers: without them nothing is shown
+  const ckptBytes = Number.isFinite(job.checkpoint_bytes) ? job.checkpoint_bytes : null;
+  if (ckptBytes) meta.push(`checkpoints ${formatBytes(ckptBytes)}`);
+
   const buttons = [];
   if (isActive(job)) {
     buttons.push(el("button", {
@@ -95,6 +104,14 @@ function jobCard(job, actions, wasResumed) {
       class: "uzl-btn uzl-btn-small", type: "button", title: "Show the node on the canvas",
       onclick: () => actions.locate(job),
     }, el("i", { class: "pi pi-map-marker" }), "Node"));
+  }
+
+  if (ckptBytes && !isActive(job) && actions.deleteCheckpoints) {
+    buttons.push(el("button", {
+      class: "uzl-btn uzl-btn-small", type: "button", "data-action": "delete-checkpoints",
+      title: `Delete this job's checkpoints (${formatBytes(ckptBytes)})${job.resumable ? "; it can no longer be resumed" : ""}`,
+      onclick: () => actions.deleteCheckpoints(job),
+    }, el("i", { class: "pi pi-trash" }), formatBytes(ckptBytes)));
   }
 
   const files = job.state === "done" ? outputRows(job) : [];

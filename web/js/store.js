@@ -125,6 +125,26 @@ export class JobStore {
     return job;
   }
 
+  /** Frees a finished job's checkpoints (the server answers 409 while it runs, 404/405 when it is too old to
+   * know the route). */
+  async deleteCheckpoints(id) {
+    const res = await this.fetchApi(`/unziplora/jobs/${encodeURIComponent(id)}/checkpoints`, { method: "DELETE" });
+    let data = null;
+    try {
+      data = await res.json();
+    } catch {
+      data = null;
+    }
+    if (res.status === 404 || res.status === 405) {
+      throw new Error(data?.error?.message ?? data?.error ?? "this ComfyUI's UnZipLoRA cannot delete checkpoints");
+    }
+    if (!res.ok) throw new Error(data?.error?.message ?? data?.error ?? `HTTP ${res.status}`);
+    if (data?.job) this.upsert(data.job);
+    else if (data?.id) this.upsert(data);
+    await this.refresh();
+    return data;
+  }
+
   /** Re-queues the job's recorded graph with resume_from set; the new job arrives through events. */
   async resume(id, clientId) {
     return this._post(`/unziplora/jobs/${encodeURIComponent(id)}/resume`, { client_id: clientId });

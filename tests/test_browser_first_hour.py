@@ -1,0 +1,397 @@
+"""A newcomer's first hour, in a real browser (Debian's Chromium via Playwright) against a live ComfyUI.
+
+One server and one page for the module, used in order:
+    every template opens with no schema complaint, missing node or missing model, and runs on the tiny model
+    (the train template first: the others use the pair it writes) -> outputs are named -> the stock Run shows
+    Queued / Preparing on the panel, the previous run is cleared, and the node keeps its height over two runs
+    and a reload -> the LoRA lists learn the new files by themselves -> the loss plot draws and exports ->
+    "Use it" builds a graph that runs -> the same panel in Nodes 2.0 (small floats legible) -> no page errors.
+Screenshots (classic and Nodes 2.0, before / during / after) go to test-artifacts/first_hour_*.png.
+
+    .venv/bin/python -m pytest tests/test_browser_first_hour.py -x -q -s
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import urllib.parse
+from pathlib import Path
+
+import pytest
+
+from comfy_server import PACK_FOLDER, REPO, make_base_dir, start_server
+from test_browser import (ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, PageLog, open_app, server_jobs, watched_page)
+from test_browser import pytestmark as _browser_marks
+
+pytestmark = list(_browser_marks)
+
+CKPT = "sd_xl_base_1.0.safetensors"  # what the templates name: a link to the tiny checkpoint here
+TEMPLATES = sorted(p.stem for p in (REPO / "example_workflows").glob("*.json"))
+TINY_TRAIN = {"steps": 3, "rank": 4, "resolution": 64, "selections": 2, "checkpoint_every": 0, "preview_every": 0}
+TRAIN_TEMPLATE = "Train a content and a style LoRA from one image"
+SCHEMA_WORDS = ("zod", "schema", "Invalid workflow")
+
+
+class FirstHourLog(PageLog):
+    """PageLog + every console message (1.58.1 reports a template failing the schema as a warning)."""
+
+    def __init__(self):
+        super().__init__()
+        self.all_messages: list[str] = []
+
+    def on_console(self, msg):
+        self.all_messages.append(msg.text)
+        super().on_console(msg)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, tiny_checkpoint):
+    base = make_base_dir(tmp_path_factory.mktemp("comfy_first_hour"), checkpoint=tiny_checkpoint)
+    (base / "models" / "checkpoints" / CKPT).symlink_to(Path(tiny_checkpoint).resolve())
+    # host B's frontend (see /work/notes/HOST_B_READY); h/hosts' start_server reads it too (same value)
+    root = os.environ.get("UNZIPLORA_FRONTEND_ROOT")
+    handle = start_server(base, extra_args=["--front-end-root", root] if root else ())
+    yield handle
+    handle.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def session(server, browser):
+    log = FirstHourLog()
+    context = browser.new_context(viewport={"width": 1600, "height": 1100}, accept_downloads=True)
+    page = watched_page(context, log)
+    open_app(page, server.url)
+    dismiss_first_visit_dialogs(page)
+    yield {"page": page, "log": log, "server": server, "state": {}}
+    context.close()
+
+
+# ---------------------------------------------------------------------------------------------------- helpers
+
+
+def dismiss_first_visit_dialogs(page, wait_s: float = 20.0) -> None:
+    """A first visit opens the Templates dialog (its markup differs between 1.32 and 1.58): close whatever
+    dialog shows up, with Escape, until none is left."""
+    sel = ".p-dialog, [role=dialog]"
+    try:
+        page.wait_for_selector(sel, state="visible", timeout=wait_s * 1000)
+    except Exception:
+        return
+    for _ in range(5):
+        if not page.locator(sel).count():
+            return
+        page.keyboard.press("Escape")
+        page.wait_for_timeout(500)
+
+
+def open_template(page, server, name: str) -> dict:
+    """Open a template the way the template browser does (fetch its file, loadGraphData with validation on);
+    returns what the page showed: dialogs, schema messages, unknown node types."""
+    url = f"{server.url}/api/workflow_templates/{PACK_FOLDER}/{urllib.parse.quote(name)}.json"
+    result = page.evaluate("""async ([url, name]) => {
+        const wf = await (await fetch(url)).json();
+        await window.app.loadGraphData(wf, true, true, name, { openSource: "template" });
+        await new Promise((r) => setTimeout(r, 800));
+        const g = window.app.graph;
+        const dialogs = [...document.querySelectorAll('.p-dialog')].map((d) => d.innerText.slice(0, 300));
+        const toasts = [...document.querySelectorAll('.p-toast-message')].map((t) => t.innerText.slice(0, 300));
+        const unknown = g.nodes.filter((n) => !window.LiteGraph.registered_node_types[n.type]).map((n) => n.type);
+        return { dialogs, toasts, unknown, nodes: g.nodes.length };
+    }""", [url, name])
+    return result
+
+
+def wait_jobs_done(server, names: set[str], timeout: float) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        jobs = [j for j in server_jobs(server) if j["info"].get("requested_name") in names]
+        final = [j for j in jobs if j["state"] in ("done", "failed", "cancelled", "interrupted")]
+        if len({j["info"]["requested_name"] for j in final}) == len(names):
+            return final
+        time.sleep(0.5)
+    raise AssertionError(f"jobs {names} not final in {timeout} s: {[(j['name'], j['state']) for j in server_jobs(server)]}"
+                         f"\n{server.log_tail(30)}")
+
+
+def queue_and_wait(page, server, targets=None, timeout: float = 420.0) -> dict:
+    """Queue the open graph with the frontend (as the Run button does) and wait for its history entry."""
+    before = set(server.client().get_json("/history"))
+    page.evaluate("(t) => window.app.queuePrompt(0, 1, t ?? undefined)", targets)
+    errors = page.evaluate("() => window.app.lastNodeErrors ?? null")
+    assert not errors, f"the frontend refused the prompt: {errors}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        hist = server.client().get_json("/history")
+        new = [v for k, v in hist.items() if k not in before]
+        if new and new[0].get("status", {}).get("completed") is not None:
+            status = new[0]["status"]
+            assert status.get("status_str") == "success", (status, server.log_tail(40))
+            return new[0]
+        time.sleep(0.5)
+    raise AssertionError(f"the prompt did not finish in {timeout} s\n{server.log_tail(40)}")
+
+
+def tune(page, values_by_type: dict) -> None:
+    """Set widgets by node type: {"UnZipLoRATrain": {"steps": 3}, ...} (small settings for the CPU)."""
+    page.evaluate("""(vals) => {
+        for (const n of window.app.graph.nodes) {
+            for (const [name, v] of Object.entries(vals[n.type] ?? {})) {
+                const w = n.widgets?.find((x) => x.name === name);
+                if (w) w.value = v;
+            }
+        }
+    }""", values_by_type)
+
+
+SMALL_SAMPLING = {"KSampler": {"steps": 1, "cfg": 1.0, "control_after_generate": "fixed"},  # cfg 1: no uncond pass
+                  "EmptyLatentImage": {"width": 64, "height": 64}}
+
+
+def wait_panel_state(page, server, state: str, timeout: float = 900.0) -> None:
+    """Wait for the (first) panel to show `state`; on timeout say what the panel and the server had."""
+    try:
+        page.wait_for_function("(s) => document.querySelector('.uzl-panel')?.dataset.state === s", arg=state,
+                               timeout=timeout * 1000, polling=250)
+    except Exception as e:
+        jobs = [(j["id"], j["name"], j["state"], j["step"], j["error"]) for j in server_jobs(server)]
+        raise AssertionError(f"the panel never showed {state!r}: panel {train_node_state(page)}, jobs {jobs}\n"
+                             f"{server.log_tail(25)}") from e
+
+
+def train_node_state(page) -> dict:
+    return page.evaluate("""() => {
+        const n = window.app.graph.nodes.find((x) => x.type === 'UnZipLoRATrain');
+        const p = document.querySelector('.uzl-panel');
+        return { id: n?.id, height: n?.size[1], width: n?.size[0], state: p?.dataset.state,
+                 chip: p?.querySelector('[data-role=state]')?.textContent,
+                 files: [...(p?.querySelectorAll('[data-role=file]') ?? [])].filter((e) => e.offsetParent).length,
+                 barVisible: !!p?.querySelector('.uzl-progress') && !p.querySelector('.uzl-progress').hidden };
+    }""")
+
+
+HOST_SUFFIX = "_hostb" if os.environ.get("UNZIPLORA_FRONTEND_ROOT") else ""
+
+
+def shot(page, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    name = name.replace(".png", f"{HOST_SUFFIX}.png")
+    dismiss_first_visit_dialogs(page, wait_s=0.3)  # a late Templates dialog would cover the panel
+    box = page.evaluate("""() => { const p = document.querySelector('.uzl-panel'); if (!p) return null;
+        const n = p.closest('[data-node-id]') ?? p; const r = n.getBoundingClientRect(), q = p.getBoundingClientRect();
+        return { x: Math.min(r.left, q.left), y: Math.max(0, Math.min(r.top, q.top - 260)),
+                 right: Math.max(r.right, q.right), bottom: q.bottom }; }""")
+    if box:
+        page.screenshot(path=str(ARTIFACTS / name), clip={"x": max(0, box["x"] - 10), "y": box["y"],
+                                                          "width": box["right"] - box["x"] + 20,
+                                                          "height": box["bottom"] - box["y"] + 10})
+    else:
+        page.screenshot(path=str(ARTIFACTS / name))
+
+
+def focus_train_node(page) -> None:
+    page.evaluate("""() => { const app = window.app; const n = app.graph.nodes.find((x) => x.type === 'UnZipLoRATrain');
+        app.canvas.ds.scale = 1; app.canvas.ds.offset = [420 - n.pos[0], 60 - n.pos[1]];
+        app.graph.setDirtyCanvas(true, true); }""")
+
+
+# ------------------------------------------------------------------------------------------------------ tests
+
+
+def test_sample_image_installed_on_a_fresh_install(server):
+    assert (server.base_dir / "input" / "unziplora_sample_cat.png").is_file()
+    files = server.client().get_json("/object_info/LoadImage")["LoadImage"]["input"]["required"]["image"][0]
+    assert "unziplora_sample_cat.png" in files
+
+
+ORDERED = [TRAIN_TEMPLATE] + [t for t in TEMPLATES if t != TRAIN_TEMPLATE]  # the others use what Train writes
+
+
+@pytest.mark.parametrize("name", ORDERED)
+def test_template_opens_clean(session, name):
+    """No schema alert or message, no dialog (missing nodes / models), every node type known."""
+    page, server, log = session["page"], session["server"], session["log"]
+    console_before = len(log.all_messages)
+    shown = open_template(page, server, name)
+    assert shown["unknown"] == [], shown
+    assert not [d for d in shown["dialogs"] if d.strip()], f"{name}: a dialog opened: {shown['dialogs']}"
+    bad = [t for t in shown["toasts"] if any(w in t for w in SCHEMA_WORDS)]
+    assert not bad, f"{name}: {bad}"
+    msgs = log.all_messages[console_before:]
+    assert not [m for m in msgs if any(w in m for w in SCHEMA_WORDS) or "validating_workflow" in m], msgs
+
+
+@pytest.mark.parametrize("name", ORDERED)
+def test_template_runs_on_the_tiny_model(session, name):
+    page, server = session["page"], session["server"]
+    open_template(page, server, name)
+    tune(page, {"UnZipLoRATrain": TINY_TRAIN, **SMALL_SAMPLING})
+    if name.startswith("Cross"):  # a second trained pair: the first one again
+        tune(page, {"UnZipLoRALoader": {"bundle": "unziplora.safetensors"}})
+    trains = page.evaluate("() => window.app.graph.nodes.filter((n) => n.type === 'UnZipLoRATrain')"
+                           ".map((n) => n.widgets.find((w) => w.name === 'name').value)")
+    queue_and_wait(page, server)
+    if trains:
+        jobs = wait_jobs_done(server, set(trains), 600)
+        assert all(j["state"] == "done" for j in jobs), [(j["name"], j["state"], j["error"]) for j in jobs]
+        page.evaluate("() => window.app.refreshComboInNodes?.()")
+
+
+def test_outputs_are_named(session):
+    page, server = session["page"], session["server"]
+    open_template(page, server, "Both - recreate or recombine the image with three prompts")
+    names = page.evaluate("""() => Object.fromEntries(window.app.graph.nodes.filter((n) => n.type.startsWith('UnZipLoRA'))
+        .map((n) => [n.type, n.outputs.map((o) => o.label || o.localized_name || o.name)]))""")
+    assert names["UnZipLoRALoader"] == ["pair", "prompt", "content_prompt", "style_prompt", "content_trigger",
+                                        "style_trigger"], names
+    assert names["UnZipLoRAPrompts"] == ["positive", "negative"], names
+    open_template(page, server, TRAIN_TEMPLATE)
+    train = page.evaluate("() => window.app.graph.nodes.find((n) => n.type === 'UnZipLoRATrain').outputs"
+                          ".map((o) => o.label || o.localized_name || o.name)")
+    assert train == ["job_id", "content_lora", "style_lora", "bundle"], train
+    widgets = page.evaluate("() => window.app.graph.nodes.find((n) => n.type === 'UnZipLoRATrain').widgets"
+                            ".map((w) => w.name)")
+    assert "resume_from" not in widgets, widgets
+
+
+def test_stock_run_shows_queued_and_the_height_stays(session):
+    """The stock Run path (app.queuePrompt without targets), twice, then a reload: the panel says queued /
+    preparing at once and hides the previous run; the node's height never changes."""
+    page, server = session["page"], session["server"]
+    open_template(page, server, TRAIN_TEMPLATE)
+    tune(page, {"UnZipLoRATrain": {**TINY_TRAIN, "name": "first_hour"}})
+    # a stock LoRA loader, to see its list learn the new files
+    page.evaluate("""() => { const n = window.LiteGraph.createNode('LoraLoader'); n.pos = [40, 700];
+        window.app.graph.add(n); }""")
+    focus_train_node(page)
+    page.wait_for_timeout(500)
+    heights = [train_node_state(page)["height"]]
+    shot(page, "first_hour_classic_before.png")
+    for run in range(2):
+        page.evaluate("() => window.app.queuePrompt(0, 1)")  # what the Run button calls
+        st = train_node_state(page)
+        assert st["state"] in ("queued", "preparing"), st
+        assert st["chip"] in ("queued", "preparing…"), st
+        assert st["files"] == 0, f"the previous run's files are still shown: {st}"
+        wait_panel_state(page, server, "running")
+        if run == 0:
+            page.wait_for_timeout(300)
+            shot(page, "first_hour_classic_during.png")
+        wait_panel_state(page, server, "done")
+        page.wait_for_timeout(300)
+        heights.append(train_node_state(page)["height"])
+    shot(page, "first_hour_classic_after.png")
+    page.reload()
+    open_app(page, server.url)
+    page.wait_for_selector(".uzl-panel", state="visible", timeout=30_000)
+    page.wait_for_timeout(800)
+    heights.append(train_node_state(page)["height"])
+    assert max(heights) - min(heights) < 1, f"the node's height changed: {heights}"
+    session["state"]["heights"] = heights
+
+
+def test_lora_lists_learn_new_files_by_themselves(session):
+    page = session["page"]
+    page.wait_for_function("""() => { const n = window.app.graph.nodes.find((x) => x.type === 'LoraLoader');
+        const w = n?.widgets?.find((x) => x.name === 'lora_name');
+        return !!w && (w.options.values ?? []).some((v) => /first_hour(_\\d+)?_content\\.safetensors$/.test(v)); }""",
+                           timeout=20_000, polling=250)
+    loader = page.evaluate("() => window.LiteGraph.createNode('UnZipLoRALoader').widgets[0].options.values")
+    assert any(v.startswith("first_hour") for v in loader), loader
+
+
+def test_queue_panel_lists_no_job_id_as_a_file(session):
+    """The history the queue panel reads carries no unziplora_job item (the server's history still does)."""
+    page, server = session["page"], session["server"]
+    seen = page.evaluate("""async () => { const h = await window.app.api.getHistory(50);
+        return h.History.flatMap((it) => Object.values(it.outputs ?? {}).flatMap((o) => Object.keys(o))); }""")
+    assert "unziplora_job" not in seen, seen
+    raw = server.client().get_json("/history")
+    assert any("unziplora_job" in o for v in raw.values() for o in v.get("outputs", {}).values())
+
+
+def test_loss_plot_draws_and_exports(session):
+    page = session["page"]
+    focus_train_node(page)
+    info = page.evaluate("""() => { const c = document.querySelector('.uzl-panel [data-role=loss-plot]');
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        let ink = 0; for (let i = 3; i < d.length; i += 4) if (d[i] > 0) ink++;
+        return { w: c.width, h: c.height, ink,
+                 readout: document.querySelector('.uzl-panel [data-role=loss-readout]').textContent }; }""")
+    assert info["w"] > 100 and info["h"] > 50 and info["ink"] > 1000, info
+    assert info["readout"].startswith(f"step {TINY_TRAIN['steps']}: loss "), info
+    box = page.locator(".uzl-panel [data-role=loss-plot]").bounding_box()
+    page.mouse.move(box["x"] + 50, box["y"] + box["height"] / 2)
+    hovered = page.locator(".uzl-panel [data-role=loss-readout]").text_content()
+    assert hovered.startswith("step ") and hovered != info["readout"], (hovered, info["readout"])
+    with page.expect_download() as dl:
+        page.locator(".uzl-panel [data-action=loss-csv]").click()
+    rows = Path(dl.value.path()).read_text().strip().splitlines()
+    assert rows[0] == "step,loss,smoothed" and len(rows) == TINY_TRAIN["steps"] + 1, rows
+    with page.expect_download() as dl:
+        page.locator(".uzl-panel [data-action=loss-png]").click()
+    assert Path(dl.value.path()).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_use_it_builds_a_graph_that_runs(session):
+    page, server = session["page"], session["server"]
+    before = page.evaluate("() => window.app.graph.nodes.length")
+    page.locator(".uzl-panel [data-action=use]").click()
+    page.wait_for_function("(n) => window.app.graph.nodes.length >= n + 7", arg=before, timeout=15_000)
+    built = page.evaluate("""() => { const g = window.app.graph;
+        const of = (t) => g.nodes.filter((n) => n.type === t);
+        const prompts = of('UnZipLoRAPrompts')[0];
+        return { save: of('SaveImage')[0]?.id, bundle: of('UnZipLoRALoader')[0]?.widgets[0].value,
+                 prompt: prompts?.widgets.find((w) => w.name === 'prompt').value,
+                 groups: g.groups.map((x) => x.title) }; }""")
+    assert built["bundle"].startswith("first_hour") and built["prompt"] == "A sks cat in sketch style", built
+    assert any(t.startswith("Use first_hour") for t in built["groups"]), built
+    tune(page, SMALL_SAMPLING)
+    hist = queue_and_wait(page, server, targets=[str(built["save"])])
+    images = hist["outputs"][str(built["save"])]["images"]
+    assert images and images[0]["subfolder"] == "unziplora" and images[0]["filename"].startswith("first_hour"), \
+        hist["outputs"]
+
+
+def test_nodes_2_panel_and_small_floats(session):
+    """Nodes 2.0: the panel is inside the Vue node, lr 5e-05 is legible, screenshots before / during / after."""
+    page, server = session["page"], session["server"]
+    setting = "Comfy.VueNodes.Enabled"
+    page.evaluate("(id) => window.app.extensionManager.setting.set(id, true)", setting)
+    try:
+        open_template(page, server, TRAIN_TEMPLATE)
+        tune(page, {"UnZipLoRATrain": {**TINY_TRAIN, "steps": 6, "name": "first_hour_vue"}})
+        focus_train_node(page)
+        page.wait_for_selector("[data-node-id] .uzl-panel", timeout=20_000)
+        lr = page.evaluate("""() => { const node = document.querySelector('.uzl-panel').closest('[data-node-id]');
+            const inputs = [...node.querySelectorAll('input')].map((i) => i.value);
+            return inputs.filter((v) => /^0[.,]0000?5$|5e-0?5/.test(v)); }""")
+        assert lr, "lr_content / lr_style do not show 5e-05 legibly in Nodes 2.0"
+        h0 = train_node_state(page)["height"]
+        shot(page, "first_hour_vue_before.png")
+        page.locator(".uzl-panel [data-action=train]").dispatch_event("click")
+        wait_panel_state(page, server, "running")
+        shot(page, "first_hour_vue_during.png")
+        wait_panel_state(page, server, "done")
+        page.wait_for_timeout(500)
+        shot(page, "first_hour_vue_after.png")
+        assert abs(train_node_state(page)["height"] - h0) < 1
+    finally:
+        page.evaluate("(id) => window.app.extensionManager.setting.set(id, false)", setting)
+
+
+def test_no_page_or_pack_errors(session):
+    log = session["log"]
+    assert not log.page_errors, log.page_errors
+    assert not log.unexpected(), log.unexpected()
+    print(f"\nnode heights over two runs and a reload: {session['state'].get('heights')}")

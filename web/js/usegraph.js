@@ -1,0 +1,108 @@
+// "Use it": a ready graph for a finished job, added next to its train node:
+//   UnZipLoRA Loader -> UnZipLoRA Apply (both) -> KSampler <- UnZipLoRA Prompts (the trained prompts)
+//   -> VAE Decode -> Save Image, fed by the same MODEL / CLIP / VAE as the train node, in a group of its own.
+
+import { basename } from "./format.js";
+
+/** Where the train node's input `name` comes from: [origin node, origin slot], or null. */
+function upstream(graph, node, name) {
+  const slot = node.inputs?.find((i) => i.name === name);
+  if (!slot || slot.link === null || slot.link === undefined) return null;
+  const link = graph.links?.get?.(slot.link) ?? graph.links?.[slot.link];
+  if (!link) return null;
+  const origin = graph.getNodeById(link.origin_id);
+  return origin ? [origin, link.origin_slot] : null;
+}
+
+function setWidget(node, name, value) {
+  const w = node.widgets?.find((x) => x.name === name);
+  if (!w) return;
+  w.value = value;
+  w.callback?.(value);
+}
+
+function config(job) {
+  const cfg = job?.info?.config;
+  if (typeof cfg !== "string") return cfg || {};
+  try {
+    return JSON.parse(cfg);
+  } catch {
+    return {};
+  }
+}
+
+/** Builds the graph; returns {loader, apply, prompts, sampler, decode, save, latent, group}. */
+export function addUseGraph(app, trainNode, job) {
+  const LG = window.LiteGraph;
+  const graph = trainNode.graph;
+  const model = upstream(graph, trainNode, "model");
+  const clip = upstream(graph, trainNode, "clip");
+  const vae = upstream(graph, trainNode, "vae");
+  if (!model || !clip || !vae) throw new Error("connect the train node's model, clip and vae first");
+  const bundle = basename(job.outputs?.bundle || job.info?.planned_outputs?.bundle || "");
+  if (!bundle) throw new Error(`job ${job.id} has no bundle file`);
+
+  const make = (type) => {
+    const n = LG.createNode(type);
+    if (!n) throw new Error(`node type ${type} is not available`);
+    graph.add(n);
+    return n;
+  };
+  const loader = make("UnZipLoRALoader");
+  const apply = make("UnZipLoRAApply");
+  const prompts = make("UnZipLoRAPrompts");
+  const latent = make("EmptyLatentImage");
+  const sampler = make("KSampler");
+  const decode = make("VAEDecode");
+  const save = make("SaveImage");
+
+  setWidget(loader, "bundle", bundle);
+  setWidget(apply, "mode", "both");
+  const info = job.info || {};
+  setWidget(prompts, "prompt", info.prompt || "");
+  setWidget(prompts, "content_prompt", info.content_prompt || "");
+  setWidget(prompts, "style_prompt", info.style_prompt || "");
+  setWidget(prompts, "negative_prompt", "blurry, low quality");
+  const res = config(job).resolution || 1024;
+  setWidget(latent, "width", res);
+  setWidget(latent, "height", res);
+  setWidget(sampler, "control_after_generate", "fixed");
+  setWidget(save, "filename_prefix", `unziplora/${job.name}`);
+
+  model[0].connect(model[1], apply, "model");
+  loader.connect(0, apply, "content_from");
+  clip[0].connect(clip[1], prompts, "clip");
+  loader.connect(0, prompts, "content_from");
+  apply.connect(0, sampler, "model");
+  prompts.connect(0, sampler, "positive");
+  prompts.connect(1, sampler, "negative");
+  latent.connect(0, sampler, "latent_image");
+  sampler.connect(0, decode, "samples");
+  vae[0].connect(vae[1], decode, "vae");
+  decode.connect(0, save, "images");
+
+  // two columns right of the train node: inputs, then sampling; Save Image sized for its result
+  const TITLE = LG.NODE_TITLE_HEIGHT ?? 30;
+  const x0 = trainNode.pos[0] + trainNode.size[0] + 80;
+  const y0 = trainNode.pos[1];
+  const column = (nodes, x) => {
+    let y = y0 + 40;
+    let w = 0;
+    for (const n of nodes) {
+      n.pos = [x, y];
+      y += n.size[1] + TITLE + 24;
+      w = Math.max(w, n.size[0]);
+    }
+    return [x + w, y];
+  };
+  save.size = [Math.max(save.size[0], 360), Math.max(save.size[1], 400)];
+  const [r1, b1] = column([loader, apply, prompts, latent], x0 + 20);
+  const [r2, b2] = column([sampler, decode], r1 + 40);
+  const [r3, b3] = column([save], r2 + 40);
+  const group = new LG.LGraphGroup(`Use ${job.name}`);
+  group.configure({ id: -1, title: `Use ${job.name}`, bounding: [x0, y0 - TITLE - 10, r3 + 20 - x0,
+    Math.max(b1, b2, b3) - y0 + TITLE + 10], color: "#3f789e", font_size: 22 });
+  graph.add(group);
+  graph.setDirtyCanvas(true, true);
+  return { loader, apply, prompts, sampler, decode, save, latent, group };
+}
