@@ -212,7 +212,9 @@ def test_resume_is_idempotent_even_when_posted_concurrently(api):
     first = next(r[1] for r in results if r[0] == 200)
     refused = [r[1] for r in results if r[0] == 409]
     assert all(r["prompt_id"] == first["prompt_id"] and "already being resumed" in r["error"] for r in refused)
-    assert api.fake.posted[0]["prompt"]["3"]["inputs"]["resume_from"] == job.id
+    # the train node learns which job it resumes from the extra data (resume_from is no longer an input)
+    assert api.fake.posted[0]["extra_data"]["extra_pnginfo"]["unziplora_resume"] == {"3": job.id}
+    assert "resume_from" not in api.fake.posted[0]["prompt"]["3"]["inputs"]
     # once the node has started the continuing job, the answer names it
     follow = api.manager.submit("cat", lambda ctx: {}, resumed_from=job.id)
     api.fake.prompt_queue.queued.clear()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import pickle
 import random
 import struct
+from types import SimpleNamespace
 
 import pytest
 
@@ -29,7 +30,7 @@ TRAIN_DEFAULTS = dict(model=None, clip=None, vae=None, image=None, content_promp
                       style_prompt="A cat in sketch style", combined_prompt="", name="cat", mode="unziplora", steps=12,
                       rank=4, lr_content=5e-5, lr_style=5e-5, lr_merger=5e-3, column_ratio=0.1, selections=2,
                       orth_lambda=0.5, resolution=128, seed=0, checkpoint_every=4, preview_every=0, preview_steps=2,
-                      gradient_checkpointing="off", precision="auto", run_mode="background", resume_from="")
+                      gradient_checkpointing="off", precision="auto", run_mode="background")
 
 
 @pytest.fixture
@@ -41,7 +42,15 @@ def manager(tmp_path, monkeypatch):
         raise AssertionError("validation must fail before the inputs are prepared")
 
     monkeypatch.setattr(train, "prepare_inputs", never)
+    resume(monkeypatch, None)
     return m
+
+
+def resume(monkeypatch, job_id):
+    """What ComfyUI hands the node as hidden inputs; the Resume route names the job in the extra data."""
+    pnginfo = {train.RESUME_KEY: {"3": job_id}} if job_id is not None else None
+    monkeypatch.setattr(UnZipLoRATrain, "hidden",
+                        SimpleNamespace(extra_pnginfo=pnginfo, unique_id="3", prompt=None), raising=False)
 
 
 def _job(m, state, **fields):
@@ -86,15 +95,17 @@ TRAIN_CASES = [
     ("style_prompt", "", "style_prompt is empty"),
     ("style_prompt", "A sks cat", "content_prompt and style_prompt are the same text"),
     ("style_prompt", "  a SKS   cat. ", "content_prompt and style_prompt are the same text"),
-    ("resume_from", "bogus", "resume_from = 'bogus': no job with that id"),
-    ("resume_from", "0123456789ab", "resume_from = '0123456789ab': no job with that id"),
+    ("resume", "bogus", "Resume of job 'bogus': no job with that id"),
+    ("resume", "0123456789ab", "Resume of job '0123456789ab': no job with that id"),
 ]
 
 
 @pytest.mark.parametrize("field, value, words", TRAIN_CASES, ids=[f"{c[0]}={str(c[1])[:20]}" for c in TRAIN_CASES])
-def test_train_node_refuses_bad_values_naming_the_input(manager, field, value, words):
+def test_train_node_refuses_bad_values_naming_the_input(manager, monkeypatch, field, value, words):
+    if field == "resume":
+        resume(monkeypatch, value)
     with pytest.raises(ValueError) as e:
-        UnZipLoRATrain.execute(**{**TRAIN_DEFAULTS, field: value})
+        UnZipLoRATrain.execute(**(TRAIN_DEFAULTS if field == "resume" else {**TRAIN_DEFAULTS, field: value}))
     assert words in str(e.value), str(e.value)
     assert manager.list() == [], "nothing may be queued"
 
@@ -106,10 +117,11 @@ def test_train_node_refuses_bad_values_naming_the_input(manager, field, value, w
     (lambda m: _job(m, "cancelled", checkpoint=__file__, continued_by="fedcba987654"),
      "was already resumed; it continues as job fedcba987654"),
 ])
-def test_train_node_refuses_resumes_that_would_start_a_second_job(manager, setup, words):
+def test_train_node_refuses_resumes_that_would_start_a_second_job(manager, monkeypatch, setup, words):
     job = setup(manager)
-    with pytest.raises(ValueError, match="resume_from") as e:
-        UnZipLoRATrain.execute(**{**TRAIN_DEFAULTS, "resume_from": job.id})
+    resume(monkeypatch, job.id)
+    with pytest.raises(ValueError, match="Resume of job") as e:
+        UnZipLoRATrain.execute(**TRAIN_DEFAULTS)
     assert words in str(e.value)
     assert len(manager.list()) == 1
 

@@ -36,10 +36,12 @@ def pair_graph(mergers="none", content="broken.safetensors", style="other.safete
 
 
 def error_of(client, graph) -> tuple[str, str]:
-    """("rejected", body) when /prompt refused it, ("failed", message) when it failed while running."""
+    """("rejected", body) when /prompt refused it, ("failed", message) when it failed while running. `graph` may be
+    (graph, extra_data)."""
+    graph, extra = graph if isinstance(graph, tuple) else (graph, None)
     with client.follow() as events:
         try:
-            pid = client.queue(graph)
+            pid = client.queue(graph, extra_data=extra)
         except PromptRejected as e:
             return "rejected", json.dumps(e.body)
         seen = events.until_done(pid, timeout=400)
@@ -53,11 +55,12 @@ def error_of(client, graph) -> tuple[str, str]:
     (lambda ckpt: train_graph(ckpt, name="CON"), "CON is a reserved device name on Windows"),
     (lambda ckpt: train_graph(ckpt, selections=20), "selections = 20 is not allowed"),
     (lambda ckpt: train_graph(ckpt, style_prompt="A sks cat"), "content_prompt and style_prompt are the same text"),
-    (lambda ckpt: train_graph(ckpt, resume_from="0123456789ab"), "resume_from = '0123456789ab': no job"),
+    (lambda ckpt: (train_graph(ckpt), {"extra_pnginfo": {"unziplora_resume": {"3": "0123456789ab"}}}),
+     "Resume of job '0123456789ab': no job"),
     (lambda ckpt: pair_graph(mergers="bogus"), "mergers = 'bogus' is not allowed: one of auto, none"),
     (lambda ckpt: pair_graph(), "content_lora = 'broken.safetensors': broken.safetensors: the file is cut short"),
     (lambda ckpt: pair_graph(content="other.safetensors", style="broken.safetensors"), "content_lora = 'other"),
-], ids=["run_mode", "name-CON", "selections", "same-prompts", "resume_from", "mergers", "truncated", "not-a-lora"])
+], ids=["run_mode", "name-CON", "selections", "same-prompts", "resume-unknown-job", "mergers", "truncated", "not-a-lora"])
 def test_prompt_path_refuses_bad_values_naming_the_input(live, graph, words):
     client = live["server"].client()
     before = client.get_json("/unziplora/jobs")["jobs"]

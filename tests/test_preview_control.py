@@ -50,7 +50,7 @@ def test_preview_rounds_after():
 
 def test_cancel_interrupts_a_preview_and_keeps_a_checkpoint(inputs, tmp_path):
     trainer = Trainer(inputs, CFG, checkpoint_dir=str(tmp_path / "ckpt"))
-    renderer = PreviewRenderer(inputs.preview, inputs, CFG, trainer.alphas_cumprod, trainer.device, trainer.dtype,
+    renderer = PreviewRenderer(inputs.preview, inputs, CFG, trainer.objective, trainer.device, trainer.dtype,
                                str(tmp_path / "previews"), "unziplora/previews/job")
     stop = {"now": False}
     ticks = []
@@ -87,7 +87,7 @@ def test_a_lora_alone_previews_without_mergers_and_with_its_own_pooled_vector(in
 
     seen = []
     real = kv_patch.predict_eps
-    renderer = PreviewRenderer(inputs.preview, inputs, CFG, trainer.alphas_cumprod, trainer.device, trainer.dtype,
+    renderer = PreviewRenderer(inputs.preview, inputs, CFG, trainer.objective, trainer.device, trainer.dtype,
                                str(tmp_path), "unziplora/previews/job")
     import unziplora_pack.training.previews as previews_module
 

@@ -33,7 +33,7 @@ def train_graph(ckpt: str, image: str = "cat.png", **overrides) -> dict:
                   style_prompt="A cat in sketch style", combined_prompt="", name="cat", mode="unziplora", steps=12,
                   rank=4, lr_content=5e-5, lr_style=5e-5, lr_merger=5e-3, column_ratio=0.1, selections=2,
                   orth_lambda=0.5, resolution=128, seed=0, checkpoint_every=4, preview_every=0, preview_steps=2,
-                  gradient_checkpointing="off", precision="auto", run_mode="background", resume_from="")
+                  gradient_checkpointing="off", precision="auto", run_mode="background")
     inputs.update(overrides)
     return {
         "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},

@@ -231,15 +231,15 @@ class JobManager(CheckpointRetention):
         """The job a new run may resume from, or ResumeRefused saying why not (in the node's words)."""
         job = self._jobs.get(job_id) if valid_job_id(job_id) else None
         if job is None:
-            raise ResumeRefused(f"resume_from = {str(job_id)[:40]!r}: no job with that id")
+            raise ResumeRefused(f"Resume of job {str(job_id)[:40]!r}: no job with that id")
         if job.continued_by:
-            raise ResumeRefused(f"resume_from = {job_id!r}: job {job_id} was already resumed; it continues as "
+            raise ResumeRefused(f"Resume of job {job_id!r}: job {job_id} was already resumed; it continues as "
                                 f"job {job.continued_by}")
         if job.state not in RESUMABLE:
-            raise ResumeRefused(f"resume_from = {job_id!r}: job {job_id} is {job.state}; only cancelled, failed or "
+            raise ResumeRefused(f"Resume of job {job_id!r}: job {job_id} is {job.state}; only cancelled, failed or "
                                 "interrupted jobs can be resumed")
         if not job.checkpoint or not os.path.isfile(job.checkpoint):
-            raise ResumeRefused(f"resume_from = {job_id!r}: job {job_id} has no checkpoint to resume from")
+            raise ResumeRefused(f"Resume of job {job_id!r}: job {job_id} has no checkpoint to resume from")
         return job
 
     def submit(self, name: str, work: Work, total: int = 0, info: dict | None = None,
