@@ -163,8 +163,8 @@ export class TrainPanel {
           el("span", { class: "uzl-file-name", "data-role": "file" }, basename(path)))),
     );
 
-    // error
-    const error = job?.state === "failed" || job?.state === "interrupted" ? job.error : null;
+    // error; else the job's GPU-memory warning (training/vram.py: the card cannot hold a prompt beside it)
+    const error = job?.state === "failed" || job?.state === "interrupted" ? job.error : job?.info?.gpu_warning ?? null;
     show(this.errorBox, !!error);
     this.errorBox.textContent = error || "";
   }
