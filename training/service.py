@@ -129,9 +129,10 @@ class TrainingService:
             first = {}
 
             def progress(step, total, loss=None):
-                if reservation is not None:
+                if reservation is not None and loss is not None:
                     # the first steps set the budget from the measured peak; later ones follow slow growth
-                    first.setdefault("step", step)
+                    # (a resumed run's first call, loss None, comes before any step: nothing measured yet)
+                    first.setdefault("step", step - 1)
                     if step - first["step"] <= 2 or step % 25 == 0:
                         reservation.measure()
                 ctx.progress(step, total, loss)
@@ -155,15 +156,16 @@ class TrainingService:
 
 def gpu_reservation(ctx: JobContext, trainer: Trainer, inputs: TrainInputs, config: TrainConfig):
     """The job's GPU memory, accounted in ComfyUI's planning until released (training/vram.py); None on the CPU.
-    Raises, before anything is moved to the GPU, when the card cannot hold the job at all; says on the job
-    (info.gpu_warning, shown on the panel) when it cannot also hold a prompt beside it."""
+    Raises, before anything is moved to the GPU, when the card cannot hold the weights; says on the job
+    (info.gpu_warning, shown on the panel) when the estimated peak does not fit, or leaves no room for a prompt."""
     from . import vram
 
     if not vram.accounts_for(trainer.device):
         return None
     checkpointing = config.gradient_checkpointing == "on" or config.gradient_checkpointing == "auto"
     budget = vram.estimate_job_bytes(inputs.unet, config.resolution, trainer.dtype, checkpointing, config.rank)
-    error, warning = vram.fit_message(budget, vram.device_total(trainer.device))
+    error, warning = vram.fit_message(budget, vram.device_total(trainer.device),
+                                      floor=vram.weight_bytes(inputs.unet, trainer.dtype))
     if error:
         raise MemoryError(error)
     ctx.job.info.update(gpu_estimate=budget, gpu_warning=warning)

@@ -84,14 +84,23 @@ def estimate_job_bytes(unet: torch.nn.Module, resolution: int, dtype: torch.dtyp
     return int(weights + act + lora)
 
 
-def fit_message(budget: int, total: int) -> tuple[str | None, str | None]:
-    """(error, warning) for a job that needs `budget` bytes on a card of `total` bytes."""
+def weight_bytes(unet: torch.nn.Module, dtype: torch.dtype) -> int:
+    """The UNet's weights in the compute dtype: what the job holds on the card for certain."""
+    return sum(p.numel() for p in unet.parameters()) * (torch.finfo(dtype).bits // 8)
+
+
+def fit_message(budget: int, total: int, floor: int = 0) -> tuple[str | None, str | None]:
+    """(error, warning) for a job that needs `floor` bytes for certain and about `budget` bytes at its peak, on a
+    card of `total` bytes. Only the certain part fails the job: the peak is an estimate."""
     mm = _model_management()
     comfy_min = int(mm.minimum_inference_memory()) + COMFY_WORKSPACE
     need, have = budget / GiB, total / GiB
+    if floor > total:
+        return (f"the model's weights alone need {floor / GiB:.1f} GiB of GPU memory and the GPU has {have:.1f} GiB: "
+                "this GPU cannot train this model"), None
     if budget > total:
-        return (f"this training needs about {need:.1f} GiB of GPU memory and the GPU has {have:.1f} GiB: "
-                "lower resolution, set gradient_checkpointing on, or use precision bf16"), None
+        return None, (f"this training needs about {need:.1f} GiB of GPU memory and the GPU has {have:.1f} GiB, so it "
+                      "may run out of memory: lower resolution, set gradient_checkpointing on, or use precision bf16")
     if budget + comfy_min > total:
         return None, (f"GPU memory is tight: training needs about {need:.1f} GiB of {have:.1f} GiB, leaving "
                       f"{(total - budget) / GiB:.1f} GiB for ComfyUI; image prompts queued while it trains run "
