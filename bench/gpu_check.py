@@ -218,7 +218,11 @@ def run(args) -> dict:
                       comfyui=stats.get("system", {}).get("comfyui_version"))
         stage("server", True, f"ComfyUI {result['comfyui']} on {dev.get('name')}, dynamic VRAM "
                               f"{'on' if dynamic else 'off'}, up in {server.start_s:.0f} s")
-        _run_stages(args, s, server, ckpt.name, stage, result)
+        try:
+            _run_stages(args, s, server, ckpt.name, stage, result)
+        except Exception as e:  # noqa: BLE001 -- a timeout or a refused prompt fails its stage, not the report
+            current = next(n for n in STAGES if n not in result["stages"])
+            stage(current, False, f"{type(e).__name__}: {str(e)[:1500]}")
     finally:
         log = server.log()
         server.stop()
