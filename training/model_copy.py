@@ -4,11 +4,17 @@ ComfyUI's model management has no locks: the queue can offload or re-patch a Mod
 trains on it, and weights loaded during execution are inference tensors (backward fails on them). So the job
 trains on its own copy, made outside inference mode, with the patcher's weight patches (LoRAs applied upstream
 in the graph) folded in, and never registered with comfy.model_management.
+
+The copy is built anew from the model's config, never copied from the live module tree: under dynamic VRAM
+(comfy-aimdo, ComfyUI >= 0.16) the live modules carry native handles (`_v` VBAR allocations, `_pin_state`
+host buffers that free native memory in `__del__`, `*_lowvram_function` patch objects). A deep copy either
+fails on them (ctypes pointers cannot be pickled) or duplicates a handle that the copy's finaliser then frees
+under the live model. Only parameter and buffer values cross over, one tensor at a time, into a module built
+on the meta device, so preparing the copy holds the live weights plus the copy plus one tensor in flight.
 """
 
 from __future__ import annotations
 
-import copy
 import hashlib
 
 import torch
@@ -16,8 +22,67 @@ import torch
 PREFIX = "diffusion_model."
 
 
+class PlainOps:
+    """The `operations` namespace ComfyUI's UNetModel builds its layers from, as plain torch layers.
+
+    ComfyUI's op layers cast weights per forward and call comfy.ops.run_every_op(), which checks AND clears
+    ComfyUI's global interrupt flag: in a training thread that would stop training when the user interrupts
+    an unrelated prompt, and swallow that interrupt. Names missing here fall back to comfy.ops (see
+    build_unet), and as_plain_torch_layers turns those into torch classes afterwards.
+    """
+
+    Linear = torch.nn.Linear
+    Conv1d = torch.nn.Conv1d
+    Conv2d = torch.nn.Conv2d
+    Conv3d = torch.nn.Conv3d
+    GroupNorm = torch.nn.GroupNorm
+    LayerNorm = torch.nn.LayerNorm
+    ConvTranspose1d = torch.nn.ConvTranspose1d
+    ConvTranspose2d = torch.nn.ConvTranspose2d
+    Embedding = torch.nn.Embedding
+
+    @classmethod
+    def conv_nd(cls, dims, *args, **kwargs):
+        if dims == 2:
+            return cls.Conv2d(*args, **kwargs)
+        if dims == 3:
+            return cls.Conv3d(*args, **kwargs)
+        raise ValueError(f"unsupported dimensions: {dims}")
+
+
+def _operations():
+    """PlainOps, with anything else ComfyUI's ops offer (newer UNet code may ask for more) from comfy.ops."""
+    import comfy.ops
+
+    return type("PlainOps", (PlainOps, comfy.ops.disable_weight_init), {})
+
+
+def unet_config_of(model_patcher) -> dict:
+    config = getattr(getattr(model_patcher.model, "model_config", None), "unet_config", None)
+    if not config:
+        raise ValueError("model has no unet_config: UnZipLoRA trains SDXL-architecture UNet models")
+    return dict(config)
+
+
+def build_unet(model_patcher) -> torch.nn.Module:
+    """An empty (meta-device) UNetModel with the live model's config and plain torch layers."""
+    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+
+    live = model_patcher.model.diffusion_model
+    if not isinstance(live, UNetModel):
+        raise ValueError(f"model's diffusion model is {type(live).__name__}: UnZipLoRA trains UNetModel "
+                         "(SDXL-architecture) models")
+    config = unet_config_of(model_patcher)
+    config.pop("disable_unet_model_creation", None)
+    config.pop("device", None)
+    config.pop("operations", None)
+    with torch.device("meta"):
+        return UNetModel(**config, device="meta", operations=_operations())
+
+
 def _original_weight(model_patcher, key: str, current: torch.Tensor) -> torch.Tensor:
-    """The unpatched weight: ModelPatcher keeps originals of in-place patched weights in .backup."""
+    """The unpatched weight: ModelPatcher keeps originals of in-place patched (or, under dynamic VRAM,
+    device-cast) weights in .backup."""
     backup = getattr(model_patcher, "backup", {}) or {}
     entry = backup.get(key)
     if entry is not None:
@@ -25,22 +90,69 @@ def _original_weight(model_patcher, key: str, current: torch.Tensor) -> torch.Te
     return current
 
 
-def patched_unet_state_dict(model_patcher) -> dict[str, torch.Tensor]:
-    """The diffusion model's weights with the patcher's patches applied, as fresh (non-inference) tensors."""
+def _live_tensors(model_patcher):
+    """(name, tensor) for every parameter and persistent buffer of the live diffusion model, read one at a
+    time (state_dict(keep_vars) walks the tree without copying)."""
+    return model_patcher.model.diffusion_model.state_dict(keep_vars=True).items()
+
+
+def _fresh(model_patcher, name: str, tensor: torch.Tensor, patches: dict) -> torch.Tensor:
+    """One weight as a new CPU tensor outside inference mode, with its graph-side patches folded in."""
     import comfy.lora
 
+    key = PREFIX + name
+    src = _original_weight(model_patcher, key, tensor).detach()
+    if key in patches:
+        w = src.to("cpu", torch.float32, copy=True)
+        w = comfy.lora.calculate_weight(patches[key], w, key)
+        return w.to(src.dtype)
+    return src.to("cpu", copy=True)
+
+
+def _assign(module: torch.nn.Module, name: str, value: torch.Tensor) -> None:
+    owner_name, _, leaf = name.rpartition(".")
+    owner = module.get_submodule(owner_name) if owner_name else module
+    if leaf in owner._parameters:
+        owner._parameters[leaf] = torch.nn.Parameter(value, requires_grad=False)
+    elif leaf in owner._buffers:
+        owner._buffers[leaf] = value
+    else:
+        raise KeyError(f"the UNet built from the model's config has no weight {name}: the checkpoint does not "
+                       "match its own config")
+
+
+def private_unet_copy(model_patcher, dtype: torch.dtype | None = None) -> tuple[torch.nn.Module, str]:
+    """(a trainable copy of the diffusion model on the CPU, its fingerprint), sharing nothing with the live
+    module tree but the numbers."""
     patches = getattr(model_patcher, "patches", {}) or {}
-    out = {}
     with torch.inference_mode(False), torch.no_grad():
-        for name, tensor in model_patcher.model.diffusion_model.state_dict().items():
-            key = PREFIX + name
-            if key in patches:
-                w = _original_weight(model_patcher, key, tensor).to("cpu", torch.float32).clone()
-                w = comfy.lora.calculate_weight(patches[key], w, key)
-                out[name] = w.to(tensor.dtype)
-            else:
-                out[name] = _original_weight(model_patcher, key, tensor).to("cpu").clone()
-    return out
+        unet = build_unet(model_patcher)
+        expected = set(unet.state_dict(keep_vars=True))
+        seen = set()
+        for name, tensor in _live_tensors(model_patcher):
+            _assign(unet, name, _fresh(model_patcher, name, tensor, patches))
+            seen.add(name)
+        missing = sorted(expected - seen)
+        if missing:
+            raise ValueError(f"model lacks {len(missing)} weights its config implies (e.g. {missing[0]}): "
+                             "the checkpoint does not match its own unet_config")
+        state = unet.state_dict()
+        patched = [k[len(PREFIX):] for k in patches if k.startswith(PREFIX)]
+        fp = fingerprint(state, [k for k in patched if k in state])
+        as_plain_torch_layers(unet)
+        if dtype is not None:
+            unet.to(dtype)
+    unet.requires_grad_(False)
+    unet.train(False)
+    return unet, fp
+
+
+def patched_unet_state_dict(model_patcher) -> dict[str, torch.Tensor]:
+    """The diffusion model's weights with the patcher's patches applied, as fresh (non-inference) tensors.
+    Holds a full copy: for tests and tools, not for the training path."""
+    patches = getattr(model_patcher, "patches", {}) or {}
+    with torch.inference_mode(False), torch.no_grad():
+        return {name: _fresh(model_patcher, name, t, patches) for name, t in _live_tensors(model_patcher)}
 
 
 def fingerprint(state_dict: dict[str, torch.Tensor], also: list[str] = ()) -> str:
@@ -56,30 +168,11 @@ def fingerprint(state_dict: dict[str, torch.Tensor], also: list[str] = ()) -> st
     return h.hexdigest()[:16]
 
 
-def private_unet_copy(model_patcher, dtype: torch.dtype | None = None) -> tuple[torch.nn.Module, str]:
-    """(a trainable copy of the diffusion model on the CPU, its fingerprint). The copy's ComfyUI ops run as
-    plain torch layers (no per-forward weight casting, no lowvram weight functions)."""
-    state = patched_unet_state_dict(model_patcher)
-    src = model_patcher.model.diffusion_model
-    with torch.inference_mode(False):
-        # deepcopy of a module on the meta device copies structure only; the weights come from `state`
-        unet = _structure_copy(src)
-        unet.load_state_dict(state, strict=True, assign=True)
-    as_plain_torch_layers(unet)
-    if dtype is not None:
-        unet.to(dtype)
-    unet.requires_grad_(False)
-    unet.train(False)
-    patched = [k[len(PREFIX):] for k in (getattr(model_patcher, "patches", {}) or {}) if k.startswith(PREFIX)]
-    return unet, fingerprint(state, [k for k in patched if k in state])
-
-
 def as_plain_torch_layers(module: torch.nn.Module) -> int:
     """Turn ComfyUI's op layers (comfy.ops.*.Linear, Conv2d, GroupNorm, ...) into their torch base classes.
 
-    Their forward calls comfy.ops.run_every_op(), which checks AND clears ComfyUI's global interrupt flag: in a
-    training thread that would stop training when the user interrupts an unrelated prompt, and swallow that
-    interrupt. The torch classes have the same parameters and state_dict keys; only the forward differs.
+    Their forward calls comfy.ops.run_every_op(), which checks AND clears ComfyUI's global interrupt flag (see
+    PlainOps). The torch classes have the same parameters and state_dict keys; only the forward differs.
     """
     n = 0
     for m in module.modules():
@@ -91,12 +184,3 @@ def as_plain_torch_layers(module: torch.nn.Module) -> int:
             m.__class__ = base
             n += 1
     return n
-
-
-def _structure_copy(module: torch.nn.Module) -> torch.nn.Module:
-    """A deep copy of the module tree whose tensors live on the meta device (no memory, no data copy)."""
-    memo = {}
-    for t in list(module.parameters()) + list(module.buffers()):
-        memo[id(t)] = torch.nn.Parameter(torch.empty_like(t, device="meta"), requires_grad=False) \
-            if isinstance(t, torch.nn.Parameter) else torch.empty_like(t, device="meta")
-    return copy.deepcopy(module, memo)

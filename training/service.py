@@ -21,6 +21,7 @@ from .export import export_run, output_names
 from .jobs import JobContext, JobManager, JobRecord
 from .loop import Trainer, TrainInputs
 from .previews import PreviewRenderer
+from .vram import VramReservation
 
 
 @dataclass(frozen=True)
@@ -137,12 +138,28 @@ class TrainingService:
                 renderer.should_stop = lambda: ctx.stop_requested  # Cancel does not wait for a preview
                 renderer.on_tick, renderer.on_done = ctx.preview_tick, ctx.preview_done
                 ctx.previews_left = lambda step: preview_rounds_after(step, config)
+            reservation = gpu_reservation(ctx, trainer, inputs, config)
+            first = {}
+
+            def progress(step, total, loss=None):
+                if reservation is not None and loss is not None:
+                    # the first steps set the budget from the measured peak; later ones follow slow growth
+                    # (a resumed run's first call, loss None, comes before any step: nothing measured yet)
+                    first.setdefault("step", step - 1)
+                    if step - first["step"] <= 2 or step % 25 == 0:
+                        reservation.measure()
+                ctx.progress(step, total, loss)
+
             try:
                 result = faults.explained(lambda: trainer.run(
-                    progress=ctx.progress, should_stop=lambda: ctx.stop_requested, resume_from=resume_from,
+                    progress=progress, should_stop=lambda: ctx.stop_requested, resume_from=resume_from,
                     on_checkpoint=ctx.set_checkpoint, previews=renderer,
                     on_preview=lambda entries: [ctx.add_preview(e) for e in entries]), ctx.job, device)
             finally:
+                if reservation is not None:
+                    reservation.release()
+                    ctx.job.info.update(gpu_peak_allocated=reservation.peak_allocated,
+                                        gpu_peak_reserved=reservation.peak_reserved)
                 inputs.unet.to("cpu")
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
@@ -152,3 +169,24 @@ class TrainingService:
                 ctx.job, device)
 
         return work
+
+
+def gpu_reservation(ctx: JobContext, trainer: Trainer, inputs: TrainInputs, config: TrainConfig):
+    """The job's GPU memory, accounted in ComfyUI's planning until released (training/vram.py); None on the CPU.
+    Raises, before anything is moved to the GPU, when the card cannot hold the weights; says on the job
+    (info.gpu_warning, shown on the panel) when the estimated peak does not fit, or leaves no room for a prompt."""
+    from . import vram
+
+    if not vram.accounts_for(trainer.device):
+        return None
+    checkpointing = config.gradient_checkpointing == "on" or config.gradient_checkpointing == "auto"
+    budget = vram.estimate_job_bytes(inputs.unet, config.resolution, trainer.dtype, checkpointing, config.rank)
+    error, warning = vram.fit_message(budget, vram.device_total(trainer.device),
+                                      floor=vram.weight_bytes(inputs.unet, trainer.dtype))
+    if error:
+        raise MemoryError(error)
+    ctx.job.info.update(gpu_estimate=budget, gpu_warning=warning)
+    reservation = VramReservation(trainer.device, budget,
+                                  held=lambda: vram.tensor_bytes_on(inputs.unet, trainer.device)).start()
+    ctx.job.info["gpu_reserved"] = reservation.added
+    return reservation

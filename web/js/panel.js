@@ -191,8 +191,8 @@ export class TrainPanel {
     this.whereText.title = rows.map(([label, path]) => `${label}: ${path}`).join("\n");
     this.useBtn.hidden = !this.actions.useIt;
 
-    // error
-    const error = job?.state === "failed" || job?.state === "interrupted" ? job.error : null;
+    // error; else the job's GPU-memory warning (training/vram.py: the card cannot hold a prompt beside it)
+    const error = job?.state === "failed" || job?.state === "interrupted" ? job.error : job?.info?.gpu_warning ?? null;
     show(this.errorBox, !!error);
     this.errorBox.textContent = error || "";
   }
