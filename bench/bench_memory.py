@@ -40,8 +40,6 @@ sys.path.insert(0, str(REPO / "bench"))
 from bench_apply import full_sdxl_config, setup  # noqa: E402
 
 GIB = 2**30
-DEEP_BLOCKS = ("input_blocks.7", "input_blocks.8", "middle_block", "output_blocks.0", "output_blocks.1",
-               "output_blocks.2")
 
 
 def _register_cpu_flash_flops():
@@ -61,14 +59,18 @@ def _register_cpu_flash_flops():
         return fc.sdpa_backward_flop_count(grad_out, query, key, value)
 
 
-def op_counter():
+def op_counter(tracker=None):
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    class OpCounter(TorchDispatchMode):
-        """aten ops at the backend: `kernels` excludes views and pure metadata ops (no launch on a GPU)."""
+    class _OpCounter(TorchDispatchMode):
+        """aten ops at the backend: `kernels` excludes views and pure metadata ops (no launch on a GPU).
+        With a ModuleTracker, kernels run inside (forward or backward of) a transformer block are also counted
+        per SpatialTransformer layer in `per_block`."""
 
-        def __init__(self):
+        def __init__(self, tracker=None):
             super().__init__()
+            self.tracker = tracker
+            self.per_block: Counter = Counter()
             self.kernels = 0
             self.views = 0
             self.host_reads = 0
@@ -84,9 +86,14 @@ def op_counter():
                 else:
                     self.kernels += 1
                     self.by_op[name] += 1
+                    if self.tracker is not None:
+                        for parent in self.tracker.parents:
+                            if parent.endswith(".transformer_blocks.0"):
+                                self.per_block[parent.split(".", 1)[1].rsplit(".transformer_blocks", 1)[0]] += 1
+                                break
             return func(*args, **(kwargs or {}))
 
-    return OpCounter()
+    return _OpCounter(tracker)
 
 
 class SavedTensors:
@@ -103,8 +110,13 @@ class SavedTensors:
         self.saved: dict = {}  # storage key -> (bytes, layer)
         self.inputs: dict = {}  # storage key -> (bytes, layer): tensor inputs of each block layer
         self.layers = {}
+        self.sub = None  # the transformer block (inside a SpatialTransformer layer) running, if any
         names = {id(m): n for n, m in unet.named_modules()}
         self.handles = []
+        for name, m in unet.named_modules():
+            if type(m).__name__ == "BasicTransformerBlock":
+                self.handles.append(m.register_forward_pre_hook(lambda mod, a, _n=name: setattr(self, "sub", _n)))
+                self.handles.append(m.register_forward_hook(lambda mod, a, o: setattr(self, "sub", None)))
         for layer in _block_layers(unet):
             name = names[id(layer)]
             self.layers[name] = layer
@@ -131,8 +143,10 @@ class SavedTensors:
     def pack(self, t):
         key = self._key(t)
         if key not in self.exclude and key not in self.saved:
-            layer = None if self.persistent and key in self.persistent else self.layer
-            self.saved[key] = (t.untyped_storage().nbytes(), layer)
+            if self.persistent and key in self.persistent:
+                self.saved[key] = (t.untyped_storage().nbytes(), None, "persistent")
+            else:
+                self.saved[key] = (t.untyped_storage().nbytes(), self.layer, self.sub)
         return t
 
     def hooks(self):
@@ -144,37 +158,61 @@ class SavedTensors:
         for h in self.handles:
             h.remove()
 
-    def peaks(self) -> dict:
-        """Bytes held for backward under each checkpointing variant."""
+    def peaks(self, depth: dict | None = None, persistent_scale: float = 1.0) -> dict:
+        """Bytes held for backward under each checkpointing variant.
+
+        depth: layer -> transformer blocks in the full model, when this model has one per SpatialTransformer: a
+        layer's saved bytes are then its own plus depth x its (only) block's, the blocks of a stack being alike;
+        persistent_scale: the full model's step factors / this model's.
+        """
+        from unziplora_pack.unziplora.checkpointing import DEEP_BLOCKS
+
         per_layer = Counter()
         outside = 0
-        for nbytes, layer in self.saved.values():
+        for nbytes, layer, sub in self.saved.values():
             if layer is None:
-                outside += nbytes
+                outside += nbytes * (persistent_scale if sub == "persistent" else 1)
             else:
-                per_layer[layer] += nbytes
+                per_layer[layer] += nbytes * (depth.get(layer, 1) if depth and sub is not None else 1)
         out = {"none": outside + sum(per_layer.values())}
-        for variant, ckpt in (("full", set(self.layers)),
-                              ("selective", {n for n in self.layers if n.startswith(DEEP_BLOCKS)})):
+        deep = tuple(b + "." for b in DEEP_BLOCKS)
+        for variant, ckpt in (("full", set(self.layers)), ("selective", {n for n in self.layers if n.startswith(deep)})):
             kept = outside + sum(b for n, b in per_layer.items() if n not in ckpt)
-            boundary = sum(b for k, (b, n) in self.inputs.items() if n in ckpt and k not in self.saved)
-            # inputs a non-checkpointed layer saved anyway are already in `kept`
-            boundary += sum(b for k, (b, n) in self.inputs.items() if n in ckpt and k in self.saved
-                            and self.saved[k][1] in ckpt)
+            # checkpointed layers keep their inputs (unless a kept layer saved them anyway)
+            boundary = sum(b for k, (b, n) in self.inputs.items()
+                           if n in ckpt and (k not in self.saved or self.saved[k][1] in ckpt))
             largest = max((b for n, b in per_layer.items() if n in ckpt), default=0)
             out[variant] = kept + boundary + largest
         return out
 
 
-def fake_unet(fake_mode, tiny: bool):
+# transformer blocks per SpatialTransformer in SDXL (method.md's table)
+FULL_DEPTH = {"input_blocks.4.1": 2, "input_blocks.5.1": 2, "input_blocks.7.1": 10, "input_blocks.8.1": 10,
+              "middle_block.1": 10, "output_blocks.0.1": 10, "output_blocks.1.1": 10, "output_blocks.2.1": 10,
+              "output_blocks.3.1": 2, "output_blocks.4.1": 2, "output_blocks.5.1": 2}
+
+
+def model_config(kind: str) -> dict:
+    """tiny: the tests' UNet; full: SDXL; full-d1: SDXL's widths and sizes with one transformer block per
+    SpatialTransformer (70 -> 11 blocks); tiny-d2: the tiny UNet with two (what one more block costs in ops)."""
+    from tiny_models import TINY_UNET_CONFIG
+
+    cfg = dict(TINY_UNET_CONFIG) if kind.startswith("tiny") else full_sdxl_config()
+    if kind in ("full-d1", "tiny-d2"):
+        d = 1 if kind == "full-d1" else 2
+        cfg.update(transformer_depth=[0, 0, d, d, d, d], transformer_depth_middle=d,
+                   transformer_depth_output=[0, 0, 0, d, d, d, d, d, d])
+    return cfg
+
+
+def fake_unet(fake_mode, kind: str):
     import comfy.supported_models
     import torch
 
-    from tiny_models import TINY_UNET_CONFIG
     from unziplora_pack.training.model_copy import as_plain_torch_layers
 
     with fake_mode:
-        config = comfy.supported_models.SDXL(dict(TINY_UNET_CONFIG) if tiny else full_sdxl_config())
+        config = comfy.supported_models.SDXL(model_config(kind))
         config.set_inference_dtype(torch.bfloat16, None)
         model = config.get_model({})
         unet = model.diffusion_model
@@ -206,7 +244,7 @@ class _HookLoRA:
             h.remove()
 
 
-def _comparison_step(row, unet, rank, resolution, fake_mode):
+def _comparison_step(row, unet, rank, resolution, fake_mode, dtype=None):
     """(step function, trainable params) of the plain / dense rows; the step mirrors Trainer.step."""
     import torch
     import torch.nn.functional as F
@@ -248,9 +286,10 @@ def _comparison_step(row, unet, rank, resolution, fake_mode):
     def step():
         x0 = post.sample_crop(lat, torch.Generator().manual_seed(1))
         noise = torch.randn(x0.shape)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            eps = unet(x0.to(torch.bfloat16), torch.full((1,), 500.0), context=streams.x.to(torch.bfloat16),
-                       y=adm.to(torch.bfloat16),
+        dt = dtype or torch.bfloat16
+        autocast = torch.autocast("cpu", dtype=dt) if dt != torch.float32 else contextlib.nullcontext()
+        with autocast:
+            eps = unet(x0.to(dt), torch.full((1,), 500.0), context=streams.x.to(dt), y=adm.to(dt),
                        transformer_options={"optimized_attention_override": _sdpa})
         loss = F.mse_loss(eps.float(), noise)
         loss.backward()
@@ -273,6 +312,7 @@ def _ours_step(unet, rank, resolution, fake_mode, mode="unziplora"):
 
     from unziplora_pack.training.config import TrainConfig
     from unziplora_pack.training.loop import Trainer, TrainInputs
+    from unziplora_pack.unziplora.schedule import orth_loss
 
     streams, post, adm = _inputs(resolution)
     cfg = TrainConfig(mode=mode, rank=rank, resolution=resolution, checkpoint_every=0, precision="bf16",
@@ -288,6 +328,9 @@ def _ours_step(unet, rank, resolution, fake_mode, mode="unziplora"):
         schedule._set_masks_on(True)
         schedule._set_frozen(False)
         schedule._orth = True
+        # what the loop builds once and reuses every step: the overlap keep-masks and L_orth's plan
+        schedule._zero_merger_grads_off_overlap()
+        orth_loss(lora)
     params = [p for g in optimizer.param_groups for p in g["params"]]
 
     def step():
@@ -300,53 +343,92 @@ def _ours_step(unet, rank, resolution, fake_mode, mode="unziplora"):
     return step, params, optimizer, lora.detach
 
 
-def measure(row: str, rank: int, resolution: int, tiny: bool) -> dict:
+def lora_bytes(targets, row: str, rank: int) -> tuple[int, int]:
+    """(trainable fp32 bytes, bf16 step-factor bytes) of a row's LoRA on `targets`."""
+    f = sum(t.in_features + t.out_features for t in targets)
+    o = sum(t.out_features for t in targets)
+    if row == "plain":
+        return 4 * 2 * rank * f, 0
+    return 4 * (2 * rank * f + 2 * o), 2 * 2 * rank * f
+
+
+def full_model_bytes(kind: str) -> tuple[int, list]:
+    """(bf16 weight bytes, LoRA targets) of the model the numbers are for, built on the meta device."""
+    import comfy.supported_models
+    import torch
+
+    from unziplora_pack.unziplora.targets import find_targets
+
+    model = comfy.supported_models.SDXL(model_config("full" if kind == "full-d1" else kind)).get_model(
+        {}, device=torch.device("meta"))
+    return sum(p.numel() * 2 for p in model.diffusion_model.parameters()), find_targets(model)
+
+
+def measure(row: str, rank: int, resolution: int, kind: str) -> dict:
     import torch
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.utils.flop_counter import FlopCounterMode
+    from torch.utils.module_tracker import ModuleTracker
+
+    from unziplora_pack.unziplora.targets import find_targets
 
     _register_cpu_flash_flops()
     fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
     t0 = time.perf_counter()
-    unet = fake_unet(fake_mode, tiny)
+    unet = fake_unet(fake_mode, kind)
     build = _ours_step if row == "ours" else (lambda *a: _comparison_step(row, *a))
     step, params, opt, close = build(unet, rank, resolution, fake_mode)
-    step()  # the optimiser's state exists from here on; the measured step is the second
+    with fake_mode:  # the optimiser's state exists from the first step on: one step on zero gradients
+        for p in params:
+            p.grad = torch.zeros_like(p)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
     base = list(unet.parameters())
     acct = SavedTensors(unet, base + params, getattr(step, "persistent", None))
-    counter = op_counter()
+    tracker = ModuleTracker()
+    counter = op_counter(tracker)
     flops = FlopCounterMode(display=False)
-    with flops, counter, acct.hooks():
+    with tracker, flops, counter, acct.hooks():
         step()
     acct.close()
     close()
-    nbytes = sum(p.numel() * p.element_size() for p in base)
-    trainable = sum(p.numel() * p.element_size() for p in params)
-    opt_state = sum(v.numel() * v.element_size() for s in opt.state.values() for v in s.values()
-                    if torch.is_tensor(v) and v.ndim > 0)
-    static = nbytes + trainable * 2 + opt_state  # weights + LoRA + their gradients + AdamW moments
-    peaks = acct.peaks()
-    return dict(row=row, rank=rank, res=resolution, params_gib=nbytes / GIB, lora_m=sum(p.numel() for p in params) / 1e6,
-                static_gib=static / GIB, opt_gib=opt_state / GIB, adam8_saving_gib=opt_state * 0.75 / GIB,
+    weights, targets = full_model_bytes(kind)
+    trainable, persistent = lora_bytes(targets, row, rank)
+    here_trainable, here_persistent = lora_bytes(find_targets(unet), row, rank)
+    static = weights + trainable * 4  # weights + LoRA + its gradients + AdamW's two moments
+    depth = FULL_DEPTH if kind == "full-d1" else None
+    peaks = acct.peaks(depth, persistent / here_persistent if here_persistent else 1.0)
+    kernels, tflop = counter.kernels, flops.get_total_flops()
+    if depth:  # one more block of a stack costs what its one block costs
+        kernels += sum((depth[layer] - 1) * n for layer, n in counter.per_block.items())
+        for name, by_op in flops.get_flop_counts().items():
+            if name.endswith(".transformer_blocks.0"):
+                layer = name.split(".", 1)[1].rsplit(".transformer_blocks", 1)[0]
+                tflop += (depth[layer] - 1) * sum(by_op.values())
+    return dict(row=row, rank=rank, res=resolution, kind=kind, params_gib=weights / GIB,
+                lora_m=trainable / 4e6, static_gib=static / GIB, opt_gib=trainable * 2 / GIB,
                 **{f"mem_{k}": (static + v) / GIB for k, v in peaks.items()},
-                saved_gib=peaks["none"] / GIB, kernels=counter.kernels, views=counter.views,
-                tflop=flops.get_total_flops() / 1e12, seconds=time.perf_counter() - t0,
-                top_ops=counter.by_op.most_common(8))
+                saved_gib=peaks["none"] / GIB, kernels=kernels, views=counter.views,
+                tflop=tflop / 1e12, seconds=time.perf_counter() - t0, top_ops=counter.by_op.most_common(8))
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--tiny", action="store_true", help="the tests' tiny UNet (seconds, not minutes)")
+    ap.add_argument("--model", default="full-d1", choices=["full-d1", "full", "tiny"],
+                    help="full-d1 (default): SDXL's widths with one transformer block per stack, extrapolated to "
+                         "SDXL's 70 (the blocks of a stack are alike); full: all 70 (hours on a loaded CPU); "
+                         "tiny: the tests' UNet")
     ap.add_argument("--res", type=int, nargs="+", default=None)
     ap.add_argument("--rank", type=int, default=64)
     ap.add_argument("--rows", default="ours,plain,dense")
     a = ap.parse_args()
     setup(cpu=True)
-    resolutions = a.res or ([128] if a.tiny else [1024, 768])
+    resolutions = a.res or ([128] if a.model == "tiny" else [1024, 768])
     rows = []
-    for res in resolutions:
-        for row in a.rows.split(","):
-            r = measure(row, a.rank, res, a.tiny)
+    for i, res in enumerate(resolutions):
+        # the comparison rows at the first resolution only (each row is minutes at full size)
+        for row in a.rows.split(",") if i == 0 else ["ours"]:
+            r = measure(row, a.rank, res, a.model)
             rows.append(r)
             print(f"# {row} {res}px: {r['seconds']:.0f} s; top ops {r['top_ops']}", flush=True)
     print(f"{'row':<7}{'px':>5}{'rank':>5}{'LoRA M':>8}{'static':>8}{'saved':>7}{'none':>7}{'full':>7}{'select':>8}"

@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from ..unziplora.checkpointing import enable_checkpointing
+from ..unziplora.checkpointing import DEEP_BLOCKS, enable_checkpointing
 from ..unziplora.content_style import ContentStyleLoRA
 from ..unziplora.kv_patch import predict_eps
 from ..unziplora.roles import get_mode
@@ -158,6 +158,8 @@ class Trainer:
         lora.attach(unet)
         if cfg.gradient_checkpointing == "on" or (cfg.gradient_checkpointing == "auto" and self.device.type != "cpu"):
             enable_checkpointing(unet)
+        elif cfg.gradient_checkpointing == "selective":
+            enable_checkpointing(unet, DEEP_BLOCKS)
         optimizer, self.optimizer_name = make_optimizer(lora, cfg, self.device)
         schedule = ColumnSchedule(lora, cfg.steps, sample_times=cfg.sample_times, column_ratio=cfg.column_ratio,
                                   threshold=cfg.score_threshold)
@@ -198,7 +200,7 @@ class Trainer:
         with lora.step_factors(self.device, self.dtype):
             loss = self._loss(unet, lora, streams, gen, schedule)
             if reader is not None and not reader.cuda:
-                _finite(g + 1, float(loss))
+                _finite(g + 1, float(loss.detach()))
             (scaler.scale(loss) if scaler else loss).backward()
         if scaler:
             scaler.unscale_(optimizer)
