@@ -99,3 +99,15 @@ def test_a_dual_linear_costs_what_a_plain_rank_2r_lora_costs_per_forward():
     # ... and their backward: the gradients of B and of the merger through the fold, the merger's sum over r
     assert ours.ops - plain.ops == Counter({"aten.mul": 6, "aten.sum": 2, "aten.add_": 1}), ours.ops - plain.ops
     assert not plain.ops - ours.ops
+
+
+def test_step_factors_serve_fp32_inputs_under_autocast():
+    """On CUDA, autocast's layer norms hand the attention linears fp32 inputs: the bf16 step factors must still be
+    used (the linear casts x), not formed again inside the forward."""
+    dual = _dual(torch.float32)
+    dual._prepared = dual.step_factors("cpu", torch.bfloat16, fused=True)
+    x = torch.randn(2, 5, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ops = _count(lambda: dual(x))
+    dual._prepared = None
+    assert "aten.cat" not in ops.ops and ops.ops["aten.mm"] == 2, ops.ops

@@ -112,7 +112,9 @@ class DualLoRA(nn.Module):
         same = (x_c is None or x_c is x) and (x_s is None or x_s is x)
         prepared = self._prepared
         fused = same and self.content is not None and self.style is not None
-        if prepared is None or ("fused" in prepared) != fused or next(iter(prepared.values()))[0].dtype != x.dtype:
+        # under autocast x may be a norm's fp32 output while the factors are bf16: the linear casts x anyway
+        if prepared is None or ("fused" in prepared) != fused or (
+                next(iter(prepared.values()))[0].dtype != x.dtype and not torch.is_autocast_enabled(x.device.type)):
             prepared = self.step_factors(x.device, x.dtype, fused=fused)
         if "fused" in prepared:
             down, up = prepared["fused"]
