@@ -1,6 +1,7 @@
 """Seconds per training step of the UnZipLoRA loop, printed as a table (a benchmark, never a test).
 
     .venv/bin/python bench/bench_train.py                 # CPU: the in-process tiny model and the tiny checkpoint's UNet
+    .venv/bin/python bench/bench_train.py --quick         # CPU: the tiny model only (about a minute)
     .venv/bin/python bench/bench_train.py --full-sdxl     # CUDA: a full-size SDXL UNet with random weights (times
                                                           # exactly like the real one), 1024 px, paper settings
 """
@@ -8,6 +9,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import sys
 import time
@@ -17,6 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
 from bench_apply import full_sdxl_config, setup  # noqa: E402
+from bench_memory import _comparison_step, op_counter  # noqa: E402
 
 
 def _unet_config(kind: str) -> dict:
@@ -61,6 +64,19 @@ def run(kind: str, mode: str, rank: int, resolution: int, steps: int, device: st
                          base_fingerprint=fp)
     trainer = Trainer(inputs, cfg, device=device)
     stamps = []
+    ops = {}
+    step = trainer.step
+
+    def counted(g, *args, **kwargs):
+        # g = 1 is a column selection (schedule period >= 2), g = 2 an ordinary step
+        if g not in (1, 2):
+            return step(g, *args, **kwargs)
+        with op_counter() as counter:
+            out = step(g, *args, **kwargs)
+        ops[g] = counter.kernels
+        return out
+
+    trainer.step = counted
 
     def progress(step, total, loss):
         if device == "cuda":
@@ -75,13 +91,31 @@ def run(kind: str, mode: str, rank: int, resolution: int, steps: int, device: st
     peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan")
     params = sum(p.numel() for p in unet.parameters()) / 1e6
     return dict(kind=kind, unet_m=params, mode=mode, rank=rank, res=resolution, device=device, ckpt=ckpt,
-                s_per_step=per_step, peak_gib=peak, precision=str(trainer.dtype).replace("torch.", ""))
+                s_per_step=per_step, peak_gib=peak, precision=str(trainer.dtype).replace("torch.", ""),
+                ops=ops.get(2, 0), select_ops=ops.get(1, 0),
+                plain_ops=plain_floor(unet, rank, resolution) if device == "cpu" else 0)
+
+
+def plain_floor(unet, rank: int, resolution: int) -> int:
+    """Kernels of one step of an ordinary rank-2r LoRA on the same linears (same FLOPs as our two rank-r LoRAs),
+    in fp32 like our CPU steps: the op count a dual step is measured against (CPU rows only; on a GPU see
+    bench_memory.py's plain row)."""
+    import torch
+
+    unet.to(torch.float32)
+    step, _, _, close = _comparison_step("plain", unet, rank, resolution, contextlib.nullcontext(), torch.float32)
+    step()
+    with op_counter() as counter:
+        step()
+    close()
+    return counter.kernels
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--full-sdxl", action="store_true")
     ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--quick", action="store_true", help="CPU: the tiny in-process model only")
     ap.add_argument("--threads", type=int, default=0, help="intra-op threads (0: torch's default)")
     a = ap.parse_args()
     import torch
@@ -99,13 +133,18 @@ def main() -> int:
     else:
         cases = [("tiny", "unziplora", 64, 128, "cpu", "off"), ("checkpoint", "unziplora", 8, 128, "cpu", "off"),
                  ("checkpoint", "unziplora", 64, 128, "cpu", "off"), ("checkpoint", "naive", 64, 128, "cpu", "off")]
+        if a.quick:
+            cases = cases[:1]
     rows = [run(k, m, r, res, a.steps, d, c) for k, m, r, res, d, c in cases]
     print(f"{torch.get_num_threads()} intra-op threads")
     print(f"{'model':<11}{'UNet M':>8} {'mode':<10}{'rank':>5}{'px':>6} {'device':<6}{'prec':<9}{'ckpt':<5}"
-          f"{'s/step':>9}{'peak GiB':>10}")
+          f"{'s/step':>9}{'peak GiB':>10}{'ops':>8}{'plain 2r':>9}{'ratio':>6}{'select':>7}")
     for r in rows:
         print(f"{r['kind']:<11}{r['unet_m']:>8.0f} {r['mode']:<10}{r['rank']:>5}{r['res']:>6} {r['device']:<6}"
-              f"{r['precision']:<9}{r['ckpt']:<5}{r['s_per_step']:>9.3f}{r['peak_gib']:>10.2f}")
+              f"{r['precision']:<9}{r['ckpt']:<5}{r['s_per_step']:>9.3f}{r['peak_gib']:>10.2f}{r['ops']:>8}"
+              f"{r['plain_ops']:>9}{r['ops'] / max(1, r['plain_ops']):>6.2f}{r['select_ops'] / max(1, r['ops']):>7.2f}")
+    print("ops: kernels of one ordinary step (g = 2); plain 2r: one rank-2r LoRA on the same linears; "
+          "select: the selection step's kernels / an ordinary step's")
     return 0
 
 

@@ -7,7 +7,8 @@ import uuid
 
 from comfy_api.latest import io
 
-from ..training.config import TrainConfig
+from ..training.config import CHECKPOINTING, TrainConfig
+from ..training.presets import PRESETS, apply_preset, preset_tooltip
 from ..training.prepare import prepare_inputs
 from ..unziplora.roles import MODES
 from .runtime import service
@@ -83,13 +84,15 @@ class UnZipLoRATrain(io.ComfyNode):
                              tooltip="Render content / style / combined previews every N steps (0: none)."),
                 io.Int.Input("preview_steps", default=PAPER.preview_steps, min=1, max=100,
                              tooltip="Sampling steps of each preview (few: previews are sketches of progress)."),
-                io.Combo.Input("gradient_checkpointing", options=["auto", "on", "off"], default="auto",
-                               tooltip="Trade time for memory. auto: on for GPUs, off on CPU."),
+                io.Combo.Input("gradient_checkpointing", options=list(CHECKPOINTING), default="auto",
+                               tooltip="Trade time for memory. auto: on for GPUs, off on CPU. selective: only the "
+                                       "10-deep blocks, where most activations live."),
                 io.Combo.Input("precision", options=["auto", "fp32", "bf16", "fp16"], default="auto",
                                tooltip="auto: bf16 where supported, fp16 with loss scaling on older GPUs, fp32 on CPU."),
                 io.Combo.Input("run_mode", options=["background", "blocking"], default="background",
                                tooltip="background: return at once, queue stays free. blocking: train inside the "
                                        "queue with ComfyUI's progress bar and Cancel (for small GPUs)."),
+                io.Combo.Input("preset", options=list(PRESETS), default="auto", optional=True, tooltip=preset_tooltip()),
             ],
             outputs=[
                 # display_name: the frontend labels outputs with it (else with the type: "STRING" x4)
@@ -114,13 +117,14 @@ class UnZipLoRATrain(io.ComfyNode):
     def execute(cls, model, clip, vae, image, content_prompt, style_prompt, combined_prompt, name, mode, steps, rank,
                 lr_content, lr_style, lr_merger, column_ratio, selections, orth_lambda, resolution, seed,
                 checkpoint_every, preview_every, preview_steps, gradient_checkpointing, precision, run_mode,
-                **_ignored) -> io.NodeOutput:
+                preset="auto", **_ignored) -> io.NodeOutput:
         check_choices(cls, locals())
         config = TrainConfig(mode=mode, steps=steps, rank=rank, lr_content=lr_content, lr_style=lr_style,
                              lr_merger=lr_merger, column_ratio=column_ratio, sample_times=selections,
                              orth_lambda=orth_lambda, resolution=resolution, seed=seed,
                              checkpoint_every=checkpoint_every, preview_every=preview_every, preview_steps=preview_steps,
                              gradient_checkpointing=gradient_checkpointing, precision=precision).validate()
+        config = apply_preset(preset, config)
         name = check_name(name)
         check_prompts(content_prompt, style_prompt, MODES[mode].prompt_separation)
         svc = service()

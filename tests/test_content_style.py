@@ -141,16 +141,17 @@ def test_factored_equals_dense_formula(tiny_sdxl, lora_tiny):
 
 
 def _spy_inputs(monkeypatch, lora):
-    """Record the input each LoRA side sees, per linear."""
+    """Record the input each LoRA side reads, per linear (x_c / x_s default to x: DualLoRA.delta's contract)."""
     seen = {}
     for path, _, dual in lora.items():
-        for name, f in dual.sides():
-            orig = f.delta
+        orig = dual.delta
 
-            def delta(x, masks_on, _orig=orig, _key=(path, name)):
-                seen[_key] = x
-                return _orig(x, masks_on)
-            monkeypatch.setattr(f, "delta", delta)
+        def delta(x, x_c=None, x_s=None, _orig=orig, _path=path, _dual=dual):
+            for name, _ in _dual.sides():
+                stream = x_c if name == "content" else x_s
+                seen[_path, name] = x if stream is None else stream
+            return _orig(x, x_c, x_s)
+        monkeypatch.setattr(dual, "delta", delta)
     return seen
 
 

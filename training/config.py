@@ -13,6 +13,7 @@ from ..unziplora.roles import MODES
 
 # settings whose node input has another name: messages name the input the user sees
 INPUT_NAMES = {"sample_times": "selections"}
+CHECKPOINTING = ("auto", "on", "selective", "off")
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,7 @@ class TrainConfig:
     checkpoint_every: int = 200
     preview_every: int = 0  # 0 = no previews
     preview_steps: int = 8
-    gradient_checkpointing: str = "auto"  # auto = on for GPU, off on CPU
+    gradient_checkpointing: str = "auto"  # auto = on for GPU, off on CPU; selective = only the 10-deep blocks
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
     optimizer: str = "auto"  # auto = 8-bit AdamW when bitsandbytes + CUDA, else torch AdamW
 
@@ -73,7 +74,7 @@ class TrainConfig:
         need(isinstance(self.preview_every, int) and self.preview_every >= 0, "preview_every",
              "a whole number >= 0 (0 = no previews)")
         need(isinstance(self.preview_steps, int) and 1 <= self.preview_steps <= 100, "preview_steps", "1 to 100")
-        need(self.gradient_checkpointing in ("auto", "on", "off"), "gradient_checkpointing", "auto, on or off")
+        need(self.gradient_checkpointing in CHECKPOINTING, "gradient_checkpointing", "auto, on, selective or off")
         need(self.precision in ("auto", "fp32", "bf16", "fp16"), "precision", "auto, fp32, bf16 or fp16")
         need(self.optimizer in ("auto", "adamw", "adamw8bit"), "optimizer", "auto, adamw or adamw8bit")
         return self

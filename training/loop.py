@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from ..unziplora.checkpointing import enable_checkpointing
+from ..unziplora.checkpointing import DEEP_BLOCKS, enable_checkpointing
 from ..unziplora.content_style import ContentStyleLoRA
 from ..unziplora.kv_patch import predict_eps
 from ..unziplora.roles import get_mode
@@ -83,7 +84,52 @@ def make_optimizer(lora: ContentStyleLoRA, config: TrainConfig, device: torch.de
         except ImportError:
             if config.optimizer == "adamw8bit":
                 raise ValueError("optimizer = 'adamw8bit' needs the bitsandbytes package; install it or use 'adamw'")
-    return torch.optim.AdamW(param_groups, **kwargs), "adamw"
+    # CUDA: one fused kernel family for all factors; elsewhere the multi-tensor (foreach) path. Same maths.
+    impl = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    return torch.optim.AdamW(param_groups, **kwargs, **impl), "adamw"
+
+
+def move_module(module: torch.nn.Module, device: torch.device, dtype: torch.dtype | None = None) -> None:
+    """module.to(device, dtype) unless every tensor is there already: a no-op .to() still rewrites each
+    parameter's .data, which fake tensors (bench/bench_memory.py) refuse."""
+    tensors = [*module.parameters(), *module.buffers()]
+    if any(t.device != device or (dtype is not None and t.is_floating_point() and t.dtype != dtype) for t in tensors):
+        module.to(device=device, dtype=dtype)
+
+
+class LossReader:
+    """Reads step losses without stalling the GPU: each loss is copied into pinned host memory asynchronously
+    and read once its copy is done (one step later, typically). On the CPU a read costs nothing, so it is
+    immediate. The check for a non-finite loss happens on the value read, i.e. without a sync of its own."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.pending: list = []  # (step, host tensor, event)
+
+    def push(self, step: int, loss: torch.Tensor) -> list[tuple[int, float]]:
+        if not self.cuda:
+            return [(step, _finite(step, float(loss)))]
+        host = torch.empty((), dtype=torch.float32, pin_memory=True)
+        host.copy_(loss.detach().float(), non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        self.pending.append((step, host, event))
+        return self.poll()
+
+    def poll(self, wait: bool = False) -> list[tuple[int, float]]:
+        ready = []
+        while self.pending and (wait or self.pending[0][2].query()):
+            step, host, event = self.pending.pop(0)
+            event.synchronize()
+            ready.append((step, _finite(step, float(host))))
+        return ready
+
+
+def _finite(step: int, value: float) -> float:
+    if not math.isfinite(value):
+        raise FloatingPointError(f"the loss became {value} at step {step}: lower the learning rates "
+                                 "or use precision fp32/bf16")
+    return value
 
 
 class Trainer:
@@ -102,18 +148,22 @@ class Trainer:
         cfg = self.config
         unet = self.inputs.unet
         unet.requires_grad_(False)
-        unet.to(device=self.device, dtype=self.dtype)
+        move_module(unet, self.device, self.dtype)
         unet.dtype = self.dtype  # ComfyUI's UNetModel casts its input to this attribute
         gen = torch.Generator().manual_seed(cfg.seed)
-        lora = ContentStyleLoRA(unet, self.mode, rank=cfg.rank, generator=gen).to(self.device)
+        lora = ContentStyleLoRA(unet, self.mode, rank=cfg.rank, generator=gen)
+        move_module(lora, self.device)
         lora.attach(unet)
         if cfg.gradient_checkpointing == "on" or (cfg.gradient_checkpointing == "auto" and self.device.type != "cpu"):
             enable_checkpointing(unet)
+        elif cfg.gradient_checkpointing == "selective":
+            enable_checkpointing(unet, DEEP_BLOCKS)
         optimizer, self.optimizer_name = make_optimizer(lora, cfg, self.device)
         schedule = ColumnSchedule(lora, cfg.steps, sample_times=cfg.sample_times, column_ratio=cfg.column_ratio,
                                   threshold=cfg.score_threshold)
         scaler = torch.amp.GradScaler("cuda") if self.use_scaler else None
         streams = self.inputs.streams.to(self.device, self.dtype)
+        self._adm = self.inputs.adm.to(self.device)  # once, not a host copy per step
         return unet, lora, optimizer, schedule, scaler, gen, streams
 
     # ---- one step ---------------------------------------------------------------------------------------
@@ -123,18 +173,44 @@ class Trainer:
         t = int(torch.randint(0, self.objective.num_timesteps, (1,), generator=gen))
         noise = torch.randn(x0.shape, generator=gen)
         xt, target = self.objective.noised(x0, noise, t)
+        if self.device.type == "cuda":
+            # drawn on the CPU (the checkpointed generator); one pinned, asynchronous copy for both
+            both = torch.stack([xt, target]).pin_memory().to(self.device, non_blocking=True)
+            xt, target = both[0], both[1]
         xt = xt.to(self.device, self.dtype)
+        target = target.to(self.device)
         timesteps = torch.full((1,), float(t), device=self.device)
         autocast = (torch.autocast(self.device.type, dtype=self.dtype) if self.dtype != torch.float32
                     else contextlib.nullcontext())
         separate = self.mode.prompt_separation  # naive / B-LoRA: both LoRAs read the combined prompt
         with autocast:
-            out = predict_eps(unet, lora, xt, timesteps, streams.x, self.inputs.adm.to(self.device),
+            out = predict_eps(unet, lora, xt, timesteps, streams.x, self._adm,
                               content=streams.x_c if separate else None, style=streams.x_s if separate else None)
-        loss = F.mse_loss(out.float(), target.to(self.device))
+        loss = F.mse_loss(out.float(), target)
         if schedule.orth_active:
             loss = loss + orth_loss(lora, self.config.orth_lambda)
         return loss
+
+    def step(self, g: int, unet, lora, optimizer, schedule, scaler, gen, streams, params, reader=None) -> torch.Tensor:
+        """One optimiser step (g = steps finished so far); returns the loss, unread: no host sync in here
+        (on the CPU the reader checks the loss before backward, as reading costs nothing there)."""
+        with lora.step_factors(self.device, self.dtype):
+            loss = self._loss(unet, lora, streams, gen, schedule)
+            if reader is not None and not reader.cuda:
+                _finite(g + 1, float(loss.detach()))
+            (scaler.scale(loss) if scaler else loss).backward()
+        if scaler:
+            scaler.unscale_(optimizer)
+        schedule.before_optimizer_step(g)
+        torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip, foreach=True)
+        if scaler:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        schedule.after_optimizer_step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
 
     def run(self, progress: Callable[[int, int, float], None] | None = None,
             should_stop: Callable[[], bool] | None = None, resume_from: str | None = None,
@@ -149,36 +225,31 @@ class Trainer:
             if progress:
                 progress(start, cfg.steps, None)  # the UI shows where the run picks up, not 0
         params = [p for g in optimizer.param_groups for p in g["params"]]
+        reader = LossReader(self.device)
         losses = []
         g = start
         while g < cfg.steps:
             if should_stop is not None and should_stop():
+                for step, value in reader.poll(wait=True):
+                    losses.append(value)
+                    if progress:
+                        progress(step, cfg.steps, value)
                 path = self.save_checkpoint(g, lora, optimizer, schedule, scaler, gen)
                 if on_checkpoint:
                     on_checkpoint(path)
                 from .jobs import JobCancelled
 
                 raise JobCancelled()
-            loss = self._loss(unet, lora, streams, gen, schedule)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"the loss became {loss.item()} at step {g + 1}: lower the learning rates "
-                                         "or use precision fp32/bf16")
-            (scaler.scale(loss) if scaler else loss).backward()
-            if scaler:
-                scaler.unscale_(optimizer)
-            schedule.before_optimizer_step(g)
-            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            if scaler:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            schedule.after_optimizer_step()
-            optimizer.zero_grad(set_to_none=True)
+            loss = self.step(g, unet, lora, optimizer, schedule, scaler, gen, streams, params, reader)
             g += 1
-            losses.append(loss.item())
-            if progress:
-                progress(g, cfg.steps, losses[-1])
+            read = reader.push(g, loss)
+            if (cfg.checkpoint_every and g % cfg.checkpoint_every == 0) or g == cfg.steps or (
+                    previews is not None and cfg.preview_every and g % cfg.preview_every == 0):
+                read += reader.poll(wait=True)  # what follows reads the LoRA, or the run ends: settle losses
+            for step, value in read:
+                losses.append(value)
+                if progress:
+                    progress(step, cfg.steps, value)
             if previews is not None and cfg.preview_every and (g % cfg.preview_every == 0 or g == cfg.steps):
                 entries = previews.render(unet, lora, g, self.mode.prompt_separation)
                 if on_preview:

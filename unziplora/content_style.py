@@ -11,6 +11,7 @@ untouched; the base weights are never written.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 
 import torch
@@ -120,6 +121,25 @@ class ContentStyleLoRA(nn.Module):
 
     def num_linears(self, side: str | None = None) -> int:
         return sum(1 for _, _, d in self.items() if side is None or getattr(d, side) is not None)
+
+    @contextlib.contextmanager
+    def step_factors(self, device, dtype):
+        """One training step's factors, formed once before the forward: casts to the compute dtype, the column
+        scales folded into B and content + style concatenated into one rank-2r LoRA wherever both read the
+        image tokens. Forward and backward (gradient checkpointing recomputes inside backward) must both run
+        inside; leave before the optimiser step, which changes the factors in place.
+
+        Formed here, never lazily inside a forward: a checkpointed layer's recomputation must save the same
+        tensors as its first run."""
+        device = torch.device(device)
+        try:
+            for path, t in self.targets.items():
+                dual = self.dual(path)
+                dual._prepared = dual.step_factors(device, dtype, fused=not t.is_cross_kv)
+            yield self
+        finally:
+            for _, _, dual in self.items():
+                dual._prepared = None
 
     # -- static merge (everything but attn2 K/V at inference) ------------------------------------
     def merged_factors(self, path: str, sides=SIDES) -> tuple[torch.Tensor, torch.Tensor] | None:

@@ -49,12 +49,19 @@ class LoRAFactors(nn.Module):
             return self.merger * self.mask
         return self.merger
 
+    def scaled_up(self, masks_on: bool) -> torch.Tensor:
+        """(m * M)[:, None] * B: the column scale folded into B, so a forward saves only the N x r intermediate
+        for backward (scaling the N x out product instead would keep that product for the merger's gradient)."""
+        return self.up * self.column_scale(masks_on)[:, None]
+
+    def factors(self, masks_on: bool, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """(A, (m M) . B) on `device` in `dtype`; the device too: at inference the LoRA may stay where it was built
+        while ComfyUI moves the UNet."""
+        return self.down.to(device=device, dtype=dtype), self.scaled_up(masks_on).to(device=device, dtype=dtype)
+
     def delta(self, x: torch.Tensor, masks_on: bool) -> torch.Tensor:
-        # the device too: at inference the LoRA may stay where it was built while ComfyUI moves the UNet
-        down = self.down.to(device=x.device, dtype=x.dtype)
-        up = self.up.to(device=x.device, dtype=x.dtype)
-        h = F.linear(F.linear(x, down), up)
-        return h * self.column_scale(masks_on).to(device=h.device, dtype=h.dtype)
+        down, up = self.factors(masks_on, x.device, x.dtype)
+        return F.linear(F.linear(x, down), up)
 
     def dense_weight(self) -> torch.Tensor:
         """B A, formed only where a dense matrix is really needed (Cone scores at selection, export checks)."""
@@ -78,17 +85,44 @@ class DualLoRA(nn.Module):
         self.content = LoRAFactors(in_features, out_features, rank, init, content, generator) if content else None
         self.style = LoRAFactors(in_features, out_features, rank, init, style, generator) if style else None
         self.masks_on = False
+        # set by ContentStyleLoRA.step_factors for one training step (forward and backward), else None
+        self._prepared: dict | None = None
 
     def sides(self):
         """(name, LoRAFactors) for each present side, content first."""
         return [(n, getattr(self, n)) for n in SIDES if getattr(self, n) is not None]
 
+    def step_factors(self, device, dtype, fused: bool) -> dict:
+        """The factors a forward uses, in the compute dtype, with the column scales folded into B.
+
+        fused (content and style read the same input): {"fused": (cat(A_c, A_s), cat(s_c B_c, s_s B_s))}, one
+        rank-2r LoRA, so each forward is two matmuls whatever the number of sides. Otherwise per side
+        {"content": (A_c, s_c B_c), "style": ...} (attn2 K/V, where the streams differ).
+        """
+        sides = self.sides()
+        if fused and len(sides) == 2:
+            pairs = [f.factors(self.masks_on, device, None) for _, f in sides]
+            down = torch.cat([p[0] for p in pairs], 0).to(device=device, dtype=dtype)
+            up = torch.cat([p[1] for p in pairs], 1).to(device=device, dtype=dtype)
+            return {"fused": (down, up)}
+        return {name: f.factors(self.masks_on, device, dtype) for name, f in sides}
+
     def delta(self, x: torch.Tensor, x_c: torch.Tensor | None = None, x_s: torch.Tensor | None = None) -> torch.Tensor | None:
         """Sum of the present sides' deltas; x_c / x_s default to x (equal inputs everywhere but attn2 K/V)."""
+        same = (x_c is None or x_c is x) and (x_s is None or x_s is x)
+        prepared = self._prepared
+        fused = same and self.content is not None and self.style is not None
+        # under autocast x may be a norm's fp32 output while the factors are bf16: the linear casts x anyway
+        if prepared is None or ("fused" in prepared) != fused or (
+                next(iter(prepared.values()))[0].dtype != x.dtype and not torch.is_autocast_enabled(x.device.type)):
+            prepared = self.step_factors(x.device, x.dtype, fused=fused)
+        if "fused" in prepared:
+            down, up = prepared["fused"]
+            return F.linear(F.linear(x, down), up)
         streams = {"content": x if x_c is None else x_c, "style": x if x_s is None else x_s}
         out = None
-        for name, side in self.sides():
-            d = side.delta(streams[name], self.masks_on)
+        for name, (down, up) in prepared.items():
+            d = F.linear(F.linear(streams[name], down), up)
             out = d if out is None else out + d
         return out
 
