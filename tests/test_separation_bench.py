@@ -9,7 +9,9 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# appended, never first: the repo root holds folders named like ComfyUI's top-level modules (nodes)
+if str(Path(__file__).resolve().parents[1]) not in sys.path:
+    sys.path.append(str(Path(__file__).resolve().parents[1]))
 
 from bench.separation import __main__ as bench  # noqa: E402
 from bench.separation import report, world  # noqa: E402
