@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 
 from comfy_server import PACK_FOLDER, REPO, make_base_dir, start_server
-from test_browser import (ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, PageLog, open_app, server_jobs, watched_page)
+from test_browser import (ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, TEMPLATES_DIALOG, PageLog, close_templates_dialog,
+                          open_app, server_jobs, watched_page)
 from test_browser import pytestmark as _browser_marks
 
 pytestmark = list(_browser_marks)
@@ -80,16 +81,15 @@ def session(server, browser):
 # ---------------------------------------------------------------------------------------------------- helpers
 
 
-def dismiss_first_visit_dialogs(page, wait_s: float = 20.0) -> None:
-    """A first visit opens the Templates dialog (its markup differs between 1.32 and 1.58): close whatever
-    dialog shows up, with Escape, until none is left."""
-    sel = ".p-dialog, [role=dialog]"
+def dismiss_first_visit_dialogs(page, wait_s: float = 60.0) -> None:
+    """A first visit opens the Templates dialog, some seconds after load (later on a loaded machine; its markup
+    differs between 1.32 and 1.58): wait for it and close it, then close whatever other dialog is left."""
     try:
-        page.wait_for_selector(sel, state="visible", timeout=wait_s * 1000)
-    except Exception:
-        return
+        close_templates_dialog(page, timeout=wait_s)
+    except Exception:  # none opened (a frontend that remembers the first visit): nothing to close
+        pass
     for _ in range(5):
-        if not page.locator(sel).count():
+        if not page.locator(".p-dialog, [role=dialog]").count():
             return
         page.keyboard.press("Escape")
         page.wait_for_timeout(500)
@@ -99,6 +99,8 @@ def open_template(page, server, name: str) -> dict:
     """Open a template the way the template browser does (fetch its file, loadGraphData with validation on);
     returns what the page showed: dialogs, schema messages, unknown node types."""
     url = f"{server.url}/api/workflow_templates/{PACK_FOLDER}/{urllib.parse.quote(name)}.json"
+    if page.locator(TEMPLATES_DIALOG).count():  # the first visit's Templates dialog came late: not ours to judge
+        close_templates_dialog(page, timeout=10)
     result = page.evaluate("""async ([url, name]) => {
         const wf = await (await fetch(url)).json();
         await window.app.loadGraphData(wf, true, true, name, { openSource: "template" });
@@ -231,7 +233,14 @@ def test_template_opens_clean(session, name):
     assert not [m for m in msgs if any(w in m for w in SCHEMA_WORDS) or "validating_workflow" in m], msgs
 
 
-@pytest.mark.parametrize("name", ORDERED)
+# templates that need a model the tiny test set-up cannot provide (they still must open clean, above)
+NEEDS_OTHER_MODELS = {"Seeds - score the three runs and pick the best":
+                      "needs a CLIP Vision model; ComfyUI's CLIPVisionLoader cannot load a tiny one (Score itself is "
+                      "tested through ComfyUI's CLIP-Vision code in tests/test_score.py)"}
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.skip(reason=NEEDS_OTHER_MODELS[n]))
+                                  if n in NEEDS_OTHER_MODELS else n for n in ORDERED])
 def test_template_runs_on_the_tiny_model(session, name):
     page, server = session["page"], session["server"]
     open_template(page, server, name)
