@@ -429,7 +429,8 @@ def test_help_page(session):
                               c.selectNode(window.app.graph.getNodeById(id));
                               window.app.graph.setDirtyCanvas(true, true); }""", TRAIN_ID)
     page.locator("[data-testid=info-button]").first.click(timeout=10_000)
-    help_box = page.locator(".markdown-content")
+    # the help page: PrimeVue's .markdown-content in 1.32, .node-help-content (comfy-markdown-content) in 1.58
+    help_box = page.locator(".markdown-content, .node-help-content")
     help_box.first.wait_for(state="visible", timeout=15_000)
     text = help_box.first.inner_text()
     assert "checkpoint_every" in text and "Resume" in text, text[:500]

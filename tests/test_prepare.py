@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from unziplora_pack.nodes.train import build_combined_prompt, check_name
-from unziplora_pack.training.config import TrainConfig, preset
+from unziplora_pack.training.config import TrainConfig
 from unziplora_pack.training.data import LatentPosteriors, check_image, encode_prompts, resize_short_side
 from unziplora_pack.training.prepare import check_sdxl
 
@@ -88,13 +88,6 @@ def test_sdxl_shaped_tiny_model_is_accepted(tiny_sdxl):
 def test_impossible_numbers_are_refused_with_the_input_named(field, value, needle):
     with pytest.raises(ValueError, match=needle):
         TrainConfig(**{field: value}).validate()
-
-
-def test_presets_validate_and_paper_is_default():
-    assert preset("paper") == TrainConfig()
-    assert preset("tiny-cpu").steps == 12
-    with pytest.raises(ValueError, match="preset must be one of"):
-        preset("huge")
 
 
 def test_names_and_the_combined_prompt():

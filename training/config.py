@@ -6,7 +6,7 @@ Every bad value raises ValueError naming the input and what is allowed, so the n
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields
 
 from ..unziplora.roles import MODES
 
@@ -89,18 +89,3 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown training settings: {', '.join(unknown)}")
         return cls(**data)
-
-
-# Named presets. "paper" is method.md's train.sh values; the others trade fidelity for time or memory.
-PRESETS: dict[str, TrainConfig] = {
-    "paper": TrainConfig(),
-    "quick": TrainConfig(steps=300, checkpoint_every=100),
-    "low-vram": TrainConfig(rank=32, resolution=768, gradient_checkpointing="on", optimizer="auto"),
-    "tiny-cpu": TrainConfig(steps=12, rank=4, resolution=128, sample_times=2, checkpoint_every=6, preview_steps=2),
-}
-
-
-def preset(name: str, **overrides) -> TrainConfig:
-    if name not in PRESETS:
-        raise ValueError(f"preset must be one of {', '.join(PRESETS)}; got {name!r}")
-    return replace(PRESETS[name], **overrides).validate()

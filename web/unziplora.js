@@ -212,7 +212,8 @@ if (typeof api.getHistory === "function") {
   api.getHistory = async function (...args) {
     const data = await originalGetHistory.apply(this, args);
     try {
-      for (const item of data?.History ?? []) {
+      // 1.32: {History: [...]}; 1.58: a list of jobs, whose outputs (where present) are tidied the same way
+      for (const item of Array.isArray(data) ? data : data?.History ?? []) {
         for (const out of Object.values(item?.outputs ?? {})) {
           if (out && typeof out === "object" && JOB_KEY in out) delete out[JOB_KEY];
         }

@@ -126,6 +126,7 @@ def train_base(cfg: BaseConfig, encoder: world.WordEncoder, log=print, on_checkp
     patcher = build_model(cfg)
     unet = patcher.model.diffusion_model
     unet.train()
+    unet.requires_grad_(True)  # ComfyUI 0.33 builds its models frozen (0.3.75 left them trainable)
     alphas = ddpm_alphas_cumprod().float()
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=1e-4)
     warmup = max(1, cfg.steps // 30)
