@@ -22,8 +22,9 @@ from pathlib import Path
 import pytest
 
 from comfy_server import PACK_FOLDER, REPO, make_base_dir, start_server
-from test_browser import (ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, TEMPLATES_DIALOG, PageLog, close_templates_dialog,
+from test_browser import (ARTIFACTS, TEMPLATES_DIALOG, PageLog, close_templates_dialog,
                           open_app, server_jobs, watched_page)
+from test_browser import browser  # noqa: F401 (the module-scoped Chromium fixture, shared)
 from test_browser import pytestmark as _browser_marks
 
 pytestmark = list(_browser_marks)
@@ -51,25 +52,13 @@ class FirstHourLog(PageLog):
 def server(tmp_path_factory, tiny_checkpoint):
     base = make_base_dir(tmp_path_factory.mktemp("comfy_first_hour"), checkpoint=tiny_checkpoint)
     (base / "models" / "checkpoints" / CKPT).symlink_to(Path(tiny_checkpoint).resolve())
-    # host B's frontend (see /work/notes/HOST_B_READY); h/hosts' start_server reads it too (same value)
-    root = os.environ.get("UNZIPLORA_FRONTEND_ROOT")
-    handle = start_server(base, extra_args=["--front-end-root", root] if root else ())
+    handle = start_server(base)  # start_server serves host b's frontend ($UNZIPLORA_FRONTEND_ROOT) by itself
     yield handle
     handle.stop()
 
 
 @pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        yield b
-        b.close()
-
-
-@pytest.fixture(scope="module")
-def session(server, browser):
+def session(server, browser):  # noqa: F811 (browser: the fixture imported from test_browser)
     log = FirstHourLog()
     context = browser.new_context(viewport={"width": 1600, "height": 1100}, accept_downloads=True)
     page = watched_page(context, log)
