@@ -144,7 +144,7 @@ def train_graph(object_info: dict, ckpt: str, s: dict) -> dict:
     inputs.update(model=["1", 0], clip=["1", 1], vae=["1", 2], image=["2", 0], content_prompt="A sks cat",
                   style_prompt="A cat in sketch style", combined_prompt="", name="gpu_check", mode="unziplora",
                   steps=s["steps"], rank=s["rank"], resolution=s["resolution"], checkpoint_every=0,
-                  preview_every=0, run_mode="background", resume_from="", seed=0)
+                  preview_every=0, run_mode="background", seed=0)
     return {
         "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
         "2": {"class_type": "LoadImage", "inputs": {"image": "gpu_check.png"}},

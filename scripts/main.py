@@ -33,7 +33,7 @@ def train_graph(ckpt: str, image: str, a) -> dict:
             style_prompt=a.style_prompt, combined_prompt="", name=a.name, mode=a.mode, steps=a.steps, rank=a.rank,
             lr_content=5e-5, lr_style=5e-5, lr_merger=5e-3, column_ratio=0.1, selections=3, orth_lambda=0.5,
             resolution=a.resolution, seed=a.seed, checkpoint_every=max(1, a.steps // 3), preview_every=0, preview_steps=8,
-            gradient_checkpointing="auto", precision="auto", run_mode="background", resume_from="")},
+            gradient_checkpointing="auto", precision="auto", run_mode="background")},
     }
 
 
@@ -157,7 +157,8 @@ def main() -> int:
         out_dir = Path(a.out)
         out_dir.mkdir(parents=True, exist_ok=True)
         for key in ("content", "style", "bundle"):
-            shutil.copy(outs[key], out_dir / Path(outs[key]).name)
+            # job records show paths relative to ComfyUI's base directory (they never expose the server's layout)
+            shutil.copy(base / outs[key], out_dir / Path(outs[key]).name)
         for label, graph in runs:
             hist = run_graph(client, graph, timeout=600)
             for img in saved_images(hist):
