@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from unziplora_pack.unziplora.dual_lora import DualLoRA
+from unziplora_pack.unziplora.step_factors import make_groups, prepare_groups
 
 
 class Ops(TorchDispatchMode):
@@ -111,3 +112,75 @@ def test_step_factors_serve_fp32_inputs_under_autocast():
         ops = _count(lambda: dual(x))
     dual._prepared = None
     assert "aten.cat" not in ops.ops and ops.ops["aten.mm"] == 2, ops.ops
+
+
+# -- the whole LoRA's step factors, prepared per group of alike linears (unziplora/step_factors.py) -------------
+
+def _duals(n, dtype=torch.float64, seed=0):
+    """n alike dual linears (content masked, style masked / relaxed alternating) and one of another shape."""
+    g = torch.Generator().manual_seed(seed)
+    duals = [DualLoRA(32, 24, 4, content="masked", style=("masked", "relaxed")[i % 2], generator=g).to(dtype)
+             for i in range(n)] + [DualLoRA(16, 24, 4, generator=g).to(dtype)]
+    for d in duals:
+        with torch.no_grad():
+            for _, f in d.sides():
+                f.merger.copy_(torch.rand(24, generator=g))
+                f.mask.copy_((torch.rand(24, generator=g) < 0.5).to(dtype))
+        d.masks_on = True
+    return duals
+
+
+def _step(duals, grouped, fused, dtype=torch.float64, frozen_mergers=False, grads=True):
+    """One forward + backward over all duals with the step factors prepared per dual or per group."""
+    for d in duals:
+        d.zero_grad(set_to_none=True)
+        for _, f in d.sides():
+            f.merger.requires_grad_(not frozen_mergers)
+    if grouped:
+        prepare_groups(make_groups((d, fused) for d in duals), "cpu", dtype)
+    else:
+        for d in duals:
+            d._prepared = d.step_factors("cpu", dtype, fused=fused)
+    g = torch.Generator().manual_seed(3)
+    loss = 0
+    for d in duals:
+        x = torch.randn(2, 5, d.in_features, generator=g, dtype=dtype)
+        loss = loss + (d(x) if fused else d(x, 0.5 * x, 2 * x)).square().sum()
+    loss.backward()
+    for d in duals:
+        d._prepared = None
+    if grads:
+        return loss.detach(), [None if p.grad is None else p.grad.clone() for d in duals for p in d.parameters()]
+
+
+def test_grouped_step_factors_equal_the_per_linear_ones():
+    duals = _duals(4)
+    for fused in (True, False):
+        for frozen in (False, True):
+            ref_loss, ref_grads = _step(duals, False, fused, frozen_mergers=frozen)
+            loss, grads = _step(duals, True, fused, frozen_mergers=frozen)
+            torch.testing.assert_close(loss, ref_loss, rtol=1e-12, atol=1e-12)
+            for a, b in zip(grads, ref_grads):
+                assert (a is None) == (b is None)
+                if a is not None:
+                    torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_grouped_step_factors_cost_per_group_not_per_linear():
+    """The preparation and its backward cost the same kernels for 2 or 12 alike linears."""
+    def extra_ops(n):
+        duals = _duals(n, torch.float32)
+        grouped = _count(lambda: _step(duals, True, True, torch.float32, grads=False))
+        for d in duals:  # what the forwards and their backward cost with factors made outside the count
+            d._prepared = {"fused": tuple(t.detach().requires_grad_() for t in
+                                          d.step_factors("cpu", torch.float32, fused=True)["fused"])}
+        g = torch.Generator().manual_seed(3)
+        with Ops() as ops:
+            loss = sum(d(torch.randn(2, 5, d.in_features, generator=g)).square().sum() for d in duals)
+            loss.backward()
+        plain = ops.ops
+        return grouped.ops - plain
+    assert extra_ops(2) == extra_ops(12), (extra_ops(2), extra_ops(12))
+    # three groups here (content/style masked, style relaxed, the other shape): under 30 kernels each, forward
+    # and backward, where one linear alone costs ~15 prepared per linear
+    assert sum(extra_ops(12).values()) <= 3 * 30, extra_ops(12)

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from .dual_lora import SIDES, DualLoRA
+from .step_factors import make_groups, prepare_groups
 from .roles import ModePreset, get_mode
 from .targets import AttnTarget, find_targets, kv_slots, unet_of
 
@@ -133,9 +134,9 @@ class ContentStyleLoRA(nn.Module):
         tensors as its first run."""
         device = torch.device(device)
         try:
-            for path, t in self.targets.items():
-                dual = self.dual(path)
-                dual._prepared = dual.step_factors(device, dtype, fused=not t.is_cross_kv)
+            # stacked per group of alike linears: a dozen groups on SDXL instead of 560 per-linear preparations
+            prepare_groups(make_groups((self.dual(path), not t.is_cross_kv) for path, t in self.targets.items()),
+                           device, dtype)
             yield self
         finally:
             for _, _, dual in self.items():
