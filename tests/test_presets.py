@@ -13,7 +13,7 @@ def test_presets_override_only_memory_settings():
     paper = TrainConfig()
     assert apply_preset("auto", paper) == paper
     low = apply_preset("8gb", paper)
-    assert (low.resolution, low.gradient_checkpointing) == (768, "on")
+    assert (low.resolution, low.gradient_checkpointing, low.optimizer) == (768, "on", "low_memory")
     assert low.rank == paper.rank and low.lr_content == paper.lr_content and low.steps == paper.steps
     assert apply_preset("8gb", TrainConfig(resolution=512)).resolution == 512  # never raised
     assert apply_preset("16gb", paper).gradient_checkpointing == "selective"

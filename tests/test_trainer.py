@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -48,21 +49,25 @@ def test_ddpm_schedule_matches_comfyui_sdxl_sampling(tiny_sdxl):
     torch.testing.assert_close(((1 - a) / a).sqrt(), sigmas, rtol=1e-5, atol=0)
 
 
-def test_run_is_deterministic_and_resume_is_exact(make_inputs, tmp_path):
-    full = Trainer(make_inputs(), CFG).run()
-    again = Trainer(make_inputs(), CFG).run()
+@pytest.mark.parametrize("optimizer", ["auto", "adamw_bf16"])
+def test_run_is_deterministic_and_resume_is_exact(make_inputs, tmp_path, optimizer):
+    cfg = dataclasses.replace(CFG, optimizer=optimizer)
+    trainer = Trainer(make_inputs(), cfg)
+    full = trainer.run()
+    assert trainer.optimizer_name == {"auto": "adamw", "adamw_bf16": "adamw_bf16"}[optimizer]
+    again = Trainer(make_inputs(), cfg).run()
     a, b = _lora_state(full), _lora_state(again)
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a), "same seed, same inputs must give the same LoRAs"
 
     stops = iter([False, False, False, True])
-    t1 = Trainer(make_inputs(), CFG, checkpoint_dir=str(tmp_path))
+    t1 = Trainer(make_inputs(), cfg, checkpoint_dir=str(tmp_path))
     saved = []
     with pytest.raises(JobCancelled):
         t1.run(should_stop=lambda: next(stops), on_checkpoint=saved.append)
     assert len(saved) == 1 and saved[0].endswith("step_000003.pt")
-    resumed = Trainer(make_inputs(), CFG, checkpoint_dir=str(tmp_path)).run(resume_from=saved[0])
-    assert resumed.steps_done == CFG.steps
+    resumed = Trainer(make_inputs(), cfg, checkpoint_dir=str(tmp_path)).run(resume_from=saved[0])
+    assert resumed.steps_done == cfg.steps
     c = _lora_state(resumed)
     for k in a:
         torch.testing.assert_close(c[k], a[k], rtol=1e-5, atol=1e-6, msg=f"{k} differs after resume")

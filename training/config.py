@@ -10,6 +10,8 @@ from dataclasses import asdict, dataclass, fields
 
 from ..unziplora.roles import MODES
 
+OPTIMIZERS = ("auto", "adamw", "adamw8bit", "adamw_bf16", "low_memory")
+
 
 # settings whose node input has another name: messages name the input the user sees
 INPUT_NAMES = {"sample_times": "selections"}
@@ -37,7 +39,9 @@ class TrainConfig:
     preview_steps: int = 8
     gradient_checkpointing: str = "auto"  # auto = on for GPU, off on CPU; selective = only the 10-deep blocks
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
-    optimizer: str = "auto"  # auto = 8-bit AdamW when bitsandbytes + CUDA, else torch AdamW
+    # auto = 8-bit AdamW when bitsandbytes + CUDA, else torch AdamW; low_memory = 8-bit AdamW when bitsandbytes +
+    # CUDA, else AdamW with bf16 moments (training/adamw_bf16.py); adamw_bf16 = always the latter
+    optimizer: str = "auto"
 
     def validate(self) -> "TrainConfig":
         def need(ok, name: str, allowed: str):
@@ -76,7 +80,7 @@ class TrainConfig:
         need(isinstance(self.preview_steps, int) and 1 <= self.preview_steps <= 100, "preview_steps", "1 to 100")
         need(self.gradient_checkpointing in CHECKPOINTING, "gradient_checkpointing", "auto, on, selective or off")
         need(self.precision in ("auto", "fp32", "bf16", "fp16"), "precision", "auto, fp32, bf16 or fp16")
-        need(self.optimizer in ("auto", "adamw", "adamw8bit"), "optimizer", "auto, adamw or adamw8bit")
+        need(self.optimizer in OPTIMIZERS, "optimizer", ", ".join(OPTIMIZERS[:-1]) + " or " + OPTIMIZERS[-1])
         return self
 
     def to_json(self) -> str:

@@ -25,6 +25,7 @@ from ..unziplora.content_style import ContentStyleLoRA
 from ..unziplora.kv_patch import predict_eps
 from ..unziplora.roles import get_mode
 from ..unziplora.schedule import ColumnSchedule, orth_loss
+from .adamw_bf16 import AdamWBF16
 from .config import TrainConfig
 from .data import LatentPosteriors, PromptStreams
 from .objective import Objective, ddpm_alphas_cumprod, describe_state, sdxl_default  # noqa: F401 (re-export)
@@ -75,7 +76,7 @@ def make_optimizer(lora: ContentStyleLoRA, config: TrainConfig, device: torch.de
     ]
     param_groups = [g for g in param_groups if g["params"]]
     kwargs = dict(betas=(0.9, 0.999), eps=1e-8, weight_decay=config.weight_decay)
-    want_8bit = config.optimizer == "adamw8bit" or (config.optimizer == "auto" and device.type == "cuda")
+    want_8bit = config.optimizer in ("adamw8bit", "low_memory") or (config.optimizer == "auto" and device.type == "cuda")
     if want_8bit and device.type == "cuda":
         try:
             import bitsandbytes as bnb  # optional: never required
@@ -84,6 +85,9 @@ def make_optimizer(lora: ContentStyleLoRA, config: TrainConfig, device: torch.de
         except ImportError:
             if config.optimizer == "adamw8bit":
                 raise ValueError("optimizer = 'adamw8bit' needs the bitsandbytes package; install it or use 'adamw'")
+    if config.optimizer in ("adamw_bf16", "low_memory"):
+        # half of AdamW's state without any extra package (training/adamw_bf16.py)
+        return AdamWBF16(param_groups, **kwargs, seed=config.seed), "adamw_bf16"
     # CUDA: one fused kernel family for all factors; elsewhere the multi-tensor (foreach) path. Same maths.
     impl = {"fused": True} if device.type == "cuda" else {"foreach": True}
     return torch.optim.AdamW(param_groups, **kwargs, **impl), "adamw"
