@@ -307,7 +307,7 @@ def _sdpa(func, *args, **kwargs):
     return attention.attention_pytorch(*args, **kwargs)
 
 
-def _ours_step(unet, rank, resolution, fake_mode, mode="unziplora"):
+def _ours_step(unet, rank, resolution, fake_mode, mode="unziplora", optimizer="adamw"):
     import torch
 
     from unziplora_pack.training.config import TrainConfig
@@ -316,7 +316,7 @@ def _ours_step(unet, rank, resolution, fake_mode, mode="unziplora"):
 
     streams, post, adm = _inputs(resolution)
     cfg = TrainConfig(mode=mode, rank=rank, resolution=resolution, checkpoint_every=0, precision="bf16",
-                      gradient_checkpointing="off")
+                      gradient_checkpointing="off", optimizer=optimizer)
     trainer = Trainer(TrainInputs(unet=unet, streams=streams, posteriors=post, adm=adm), cfg, device="cpu")
     trainer.dtype = torch.bfloat16  # pick_precision keeps fp32 on a CPU; the bench simulates a bf16 GPU
     with fake_mode:
@@ -364,7 +364,7 @@ def full_model_bytes(kind: str) -> tuple[int, list]:
     return sum(p.numel() * 2 for p in model.diffusion_model.parameters()), find_targets(model)
 
 
-def measure(row: str, rank: int, resolution: int, kind: str) -> dict:
+def measure(row: str, rank: int, resolution: int, kind: str, optimizer: str = "adamw") -> dict:
     import torch
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.utils.flop_counter import FlopCounterMode
@@ -376,7 +376,8 @@ def measure(row: str, rank: int, resolution: int, kind: str) -> dict:
     fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
     t0 = time.perf_counter()
     unet = fake_unet(fake_mode, kind)
-    build = _ours_step if row == "ours" else (lambda *a: _comparison_step(row, *a))
+    build = (lambda *a: _ours_step(*a, optimizer=optimizer)) if row == "ours" else (
+        lambda *a: _comparison_step(row, *a))
     step, params, opt, close = build(unet, rank, resolution, fake_mode)
     with fake_mode:  # the optimiser's state exists from the first step on: one step on zero gradients
         for p in params:
@@ -395,7 +396,12 @@ def measure(row: str, rank: int, resolution: int, kind: str) -> dict:
     weights, targets = full_model_bytes(kind)
     trainable, persistent = lora_bytes(targets, row, rank)
     here_trainable, here_persistent = lora_bytes(find_targets(unet), row, rank)
-    static = weights + trainable * 4  # weights + LoRA + its gradients + AdamW's two moments
+    # the optimiser's state as it is (fp32 AdamW: two moments per parameter; adamw_bf16: half that), scaled from
+    # this model's LoRA to the full one's
+    state = sum(t.untyped_storage().nbytes() for st in opt.state.values() for t in st.values() if torch.is_tensor(t)
+                and t.numel() > 1)
+    state = state * trainable / here_trainable if here_trainable else state
+    static = weights + trainable * 2 + state  # weights + LoRA + its gradients + the optimiser's state
     depth = FULL_DEPTH if kind == "full-d1" else None
     peaks = acct.peaks(depth, persistent / here_persistent if here_persistent else 1.0)
     kernels, tflop = counter.kernels, flops.get_total_flops()
@@ -406,7 +412,7 @@ def measure(row: str, rank: int, resolution: int, kind: str) -> dict:
                 layer = name.split(".", 1)[1].rsplit(".transformer_blocks", 1)[0]
                 tflop += (depth[layer] - 1) * sum(by_op.values())
     return dict(row=row, rank=rank, res=resolution, kind=kind, params_gib=weights / GIB,
-                lora_m=trainable / 4e6, static_gib=static / GIB, opt_gib=trainable * 2 / GIB,
+                lora_m=trainable / 4e6, static_gib=static / GIB, opt_gib=state / GIB, optimizer=optimizer,
                 **{f"mem_{k}": (static + v) / GIB for k, v in peaks.items()},
                 saved_gib=peaks["none"] / GIB, kernels=kernels, views=counter.views,
                 tflop=tflop / 1e12, seconds=time.perf_counter() - t0, top_ops=counter.by_op.most_common(8))
@@ -421,6 +427,9 @@ def main() -> int:
     ap.add_argument("--res", type=int, nargs="+", default=None)
     ap.add_argument("--rank", type=int, default=64)
     ap.add_argument("--rows", default="ours,plain,dense")
+    ap.add_argument("--optimizer", default="adamw", choices=["adamw", "adamw_bf16"],
+                    help="the ours row's optimiser: torch AdamW (fp32 moments) or training/adamw_bf16.py (the 8gb "
+                         "preset's without bitsandbytes)")
     a = ap.parse_args()
     setup(cpu=True)
     resolutions = a.res or ([128] if a.model == "tiny" else [1024, 768])
@@ -428,7 +437,7 @@ def main() -> int:
     for i, res in enumerate(resolutions):
         # the comparison rows at the first resolution only (each row is minutes at full size)
         for row in a.rows.split(",") if i == 0 else ["ours"]:
-            r = measure(row, a.rank, res, a.model)
+            r = measure(row, a.rank, res, a.model, a.optimizer if row == "ours" else "adamw")
             rows.append(r)
             print(f"# {row} {res}px: {r['seconds']:.0f} s; top ops {r['top_ops']}", flush=True)
     print(f"{'row':<7}{'px':>5}{'rank':>5}{'LoRA M':>8}{'static':>8}{'saved':>7}{'none':>7}{'full':>7}{'select':>8}"
@@ -437,8 +446,8 @@ def main() -> int:
         print(f"{r['row']:<7}{r['res']:>5}{r['rank']:>5}{r['lora_m']:>8.1f}{r['static_gib']:>8.2f}{r['saved_gib']:>7.2f}"
               f"{r['mem_none']:>7.2f}{r['mem_full']:>7.2f}{r['mem_selective']:>8.2f}{r['kernels']:>9}{r['views']:>8}"
               f"{r['tflop']:>7.2f}")
-    print("AdamW moments (fp32) per row: " + ", ".join(f"{r['row']} {r['opt_gib']:.2f}" for r in rows)
-          + " GiB; an 8-bit AdamW would save 3/4 of that")
+    print("optimiser state per row: " + ", ".join(f"{r['row']} {r['res']} ({r['optimizer']}) {r['opt_gib']:.2f}"
+                                                  for r in rows) + " GiB; an 8-bit AdamW needs 1/4 of fp32 AdamW's")
     return 0
 
 
