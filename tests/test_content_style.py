@@ -3,6 +3,7 @@ stream isolation, training attachment (hooks + K/V patch) against merged weights
 
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import pytest
@@ -247,17 +248,22 @@ def test_gradient_checkpointing_same_gradients(tiny_sdxl, lora_tiny):
     lat, t, ctx, y = _unet_inputs(tiny_sdxl)
     xc, xs = random_conditioning(1)[0], random_conditioning(2)[0]
     grads, outs = [], []
-    for ckpt in (False, True):
-        (checkpointing.enable_checkpointing if ckpt else checkpointing.disable_checkpointing)(unet)
-        assert checkpointing.is_checkpointing(unet) == ckpt
-        lora_tiny.zero_grad(set_to_none=True)
-        eps = kv_patch.predict_eps(unet, lora_tiny, lat, t, ctx, y, xc, xs)
-        eps.square().mean().backward()
-        outs.append(eps.detach())
-        grads.append([p.grad.clone() for p in lora_tiny.parameters() if p.grad is not None])
-    assert torch.equal(outs[0], outs[1])
-    assert len(grads[0]) == len(grads[1]) > 0
-    assert all(torch.allclose(a, b, rtol=1e-6, atol=1e-9) for a, b in zip(*grads))
+    # per-linear factors formed in each forward, and the training step's grouped step factors (step_factors.py)
+    for prepared in (False, True):
+        for ckpt in (False, True):
+            (checkpointing.enable_checkpointing if ckpt else checkpointing.disable_checkpointing)(unet)
+            assert checkpointing.is_checkpointing(unet) == ckpt
+            lora_tiny.zero_grad(set_to_none=True)
+            with lora_tiny.step_factors("cpu", torch.float32) if prepared else contextlib.nullcontext():
+                eps = kv_patch.predict_eps(unet, lora_tiny, lat, t, ctx, y, xc, xs)
+                eps.square().mean().backward()
+            outs.append(eps.detach())
+            grads.append([p.grad.clone() for p in lora_tiny.parameters() if p.grad is not None])
+    assert torch.equal(outs[0], outs[1]) and torch.equal(outs[2], outs[3])
+    torch.testing.assert_close(outs[2], outs[0], rtol=1e-5, atol=1e-6)
+    assert len(grads[0]) == len(grads[1]) == len(grads[2]) == len(grads[3]) > 0
+    for other in grads[1:]:
+        assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-8) for a, b in zip(grads[0], other))
     # paths and types are unchanged while checkpointing, and everything is restored afterwards
     checkpointing.enable_checkpointing(unet)
     assert targets.find_targets(unet) == targets.find_targets(tiny_sdxl)
