@@ -78,6 +78,11 @@ def sample(model_patcher, positive, negative, size: int, scfg: SampleConfig, see
 
     lat = torch.zeros(scfg.per_prompt, 4, size, size)
     noise = comfy.sample.prepare_noise(lat, seed)
+    # Zero-mean start noise (per image and channel). On a 16 x 16 latent the noise's own mean (std 1/16 per channel,
+    # x sigma_max 14.6) is as large as the image's, and an epsilon model amplifies any error in it by sigma: sampled
+    # from plain noise the base paints random flat colours behind the right shapes (see bench/RESULTS.md). SDXL's
+    # 128 x 128 latents have 8x less of it. The LoRAs are trained by the pack as they are, with plain noise.
+    noise = noise - noise.mean(dim=(2, 3), keepdim=True)
     out = comfy.sample.sample(model_patcher, noise, scfg.steps, scfg.cfg, scfg.sampler, scfg.scheduler, positive,
                               negative, lat, disable_pbar=True, seed=seed)
     scale = model_patcher.model.latent_format.scale_factor  # sample() returns latents divided by it
