@@ -34,11 +34,15 @@ class Ops(TorchDispatchMode):
 
 def _dual(dtype=torch.float64, style="masked"):
     g = torch.Generator().manual_seed(0)
-    dual = DualLoRA(32, 24, 4, content="masked", style=style, generator=g).to(dtype)
+    return _randomise(DualLoRA(32, 24, 4, content="masked", style=style, generator=g).to(dtype), g, dtype)
+
+
+def _randomise(dual, g, dtype):
+    """Mergers in [0, 1), about half of the columns masked, masks on."""
     with torch.no_grad():
         for _, f in dual.sides():
-            f.merger.copy_(torch.rand(24, generator=g))
-            f.mask.copy_((torch.rand(24, generator=g) < 0.5).to(dtype))
+            f.merger.copy_(torch.rand(dual.out_features, generator=g))
+            f.mask.copy_((torch.rand(dual.out_features, generator=g) < 0.5).to(dtype))
     dual.masks_on = True
     return dual
 
@@ -121,13 +125,7 @@ def _duals(n, dtype=torch.float64, seed=0):
     g = torch.Generator().manual_seed(seed)
     duals = [DualLoRA(32, 24, 4, content="masked", style=("masked", "relaxed")[i % 2], generator=g).to(dtype)
              for i in range(n)] + [DualLoRA(16, 24, 4, generator=g).to(dtype)]
-    for d in duals:
-        with torch.no_grad():
-            for _, f in d.sides():
-                f.merger.copy_(torch.rand(24, generator=g))
-                f.mask.copy_((torch.rand(24, generator=g) < 0.5).to(dtype))
-        d.masks_on = True
-    return duals
+    return [_randomise(d, g, dtype) for d in duals]
 
 
 def _step(duals, grouped, fused, dtype=torch.float64, frozen_mergers=False, grads=True):
