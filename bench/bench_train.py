@@ -35,7 +35,8 @@ def _unet_config(kind: str) -> dict:
     return dict(TINY_UNET_CONFIG)
 
 
-def run(kind: str, mode: str, rank: int, resolution: int, steps: int, device: str, ckpt: str) -> dict:
+def run(kind: str, mode: str, rank: int, resolution: int, steps: int, device: str, ckpt: str,
+        grouped: bool = True) -> dict:
     import comfy.model_patcher
     import comfy.supported_models
     import torch
@@ -63,6 +64,7 @@ def run(kind: str, mode: str, rank: int, resolution: int, steps: int, device: st
     inputs = TrainInputs(unet=unet, streams=PromptStreams(x, x_c, x_s, pooled), posteriors=post, adm=adm,
                          base_fingerprint=fp)
     trainer = Trainer(inputs, cfg, device=device)
+    trainer.group_step_factors = grouped
     stamps = []
     ops = {}
     step = trainer.step
@@ -117,7 +119,10 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--quick", action="store_true", help="CPU: the tiny in-process model only")
     ap.add_argument("--threads", type=int, default=0, help="intra-op threads (0: torch's default)")
+    ap.add_argument("--grouped", choices=["on", "off"], default="on",
+                    help="step factors per group of alike linears (the trainer's way) or linear by linear (A/B)")
     a = ap.parse_args()
+    grouped = a.grouped == "on"
     import torch
 
     if a.threads:
@@ -135,7 +140,7 @@ def main() -> int:
                  ("checkpoint", "unziplora", 64, 128, "cpu", "off"), ("checkpoint", "naive", 64, 128, "cpu", "off")]
         if a.quick:
             cases = cases[:1]
-    rows = [run(k, m, r, res, a.steps, d, c) for k, m, r, res, d, c in cases]
+    rows = [run(k, m, r, res, a.steps, d, c, grouped) for k, m, r, res, d, c in cases]
     print(f"{torch.get_num_threads()} intra-op threads")
     print(f"{'model':<11}{'UNet M':>8} {'mode':<10}{'rank':>5}{'px':>6} {'device':<6}{'prec':<9}{'ckpt':<5}"
           f"{'s/step':>9}{'peak GiB':>10}{'ops':>8}{'plain 2r':>9}{'ratio':>6}{'select':>7}")

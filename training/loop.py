@@ -146,6 +146,8 @@ class Trainer:
         self.mode = get_mode(config.mode)
         self.dtype, self.use_scaler = pick_precision(self.config, self.device)
         self.objective = inputs.objective or sdxl_default()
+        # step factors per group of alike linears (ContentStyleLoRA.step_factors); False for A/B benchmarks
+        self.group_step_factors = True
 
     # ---- set-up -----------------------------------------------------------------------------------------
     def _setup(self):
@@ -198,7 +200,7 @@ class Trainer:
     def step(self, g: int, unet, lora, optimizer, schedule, scaler, gen, streams, params, reader=None) -> torch.Tensor:
         """One optimiser step (g = steps finished so far); returns the loss, unread: no host sync in here
         (on the CPU the reader checks the loss before backward, as reading costs nothing there)."""
-        with lora.step_factors(self.device, self.dtype):
+        with lora.step_factors(self.device, self.dtype, grouped=self.group_step_factors):
             loss = self._loss(unet, lora, streams, gen, schedule)
             if reader is not None and not reader.cuda:
                 _finite(g + 1, float(loss.detach()))
