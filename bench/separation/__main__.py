@@ -4,6 +4,7 @@
     .venv/bin/python -m bench.separation --preset quick       # one pair, one seed (minutes, once the base exists)
     .venv/bin/python -m bench.separation --preset toy         # seconds: the smoke test's size
     .venv/bin/python -m bench.separation --write-results      # also replace our section of bench/RESULTS.md
+    .venv/bin/python -m bench.separation.look OUT.png         # a grid of the base's samples, to look at
 
 Stages (each cached under ~/.cache/unziplora-dev/separation/, keyed by its settings, fixed seeds):
 the base model of the world (bench/separation/base.py), the classifiers (classify.py), then per held-out pair,

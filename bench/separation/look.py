@@ -1,0 +1,70 @@
+"""Look at what the base model draws: one row per caption, two real renders then its samples, as a PNG.
+
+    .venv/bin/python -m bench.separation.look OUT.png [--held-out] [--plain-noise] [--base FILE.safetensors]
+
+Read the composition numbers next to it: this is how the random flat backgrounds of plain-noise sampling were
+found (bench/RESULTS.md). --plain-noise samples without the zero-mean start noise experiment.sample uses.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import world
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("out", type=Path)
+    ap.add_argument("--held-out", action="store_true", help="the held-out pairs instead of six training pairs")
+    ap.add_argument("--plain-noise", action="store_true")
+    ap.add_argument("--base", type=Path, default=None, help="a base checkpoint (default: the full preset's)")
+    ap.add_argument("--images", type=int, default=6)
+    args = ap.parse_args(argv)
+
+    from PIL import Image
+    from safetensors.torch import load_file
+
+    from . import base, classify, experiment
+    from .__main__ import PRESETS
+    from .env import cache_dir, setup
+
+    setup()
+    cfg = PRESETS["full"]["base"]
+    path = args.base or cache_dir() / f"{cfg.key()}.safetensors"
+    patcher = base.build_model(cfg, load_file(str(path)))
+    models, _ = classify.load_or_train(cfg.size, PRESETS["full"]["classifier_steps"], cache_dir())
+    clip = experiment.WorldClip(world.WordEncoder(tokens=cfg.tokens), cfg.size)
+    scfg = experiment.SampleConfig(per_prompt=args.images)
+    pairs = world.HELD_OUT if args.held_out else world.TRAIN_PAIRS[:: len(world.TRAIN_PAIRS) // 6][:6]
+    negative = experiment.plain_conditioning(clip, "")
+    rows = []
+    for k, (shape, style) in enumerate(pairs):
+        positive = experiment.plain_conditioning(clip, world.prompt(shape, style))
+        if args.plain_noise:
+            import comfy.sample
+
+            lat = torch.zeros(scfg.per_prompt, 4, cfg.size, cfg.size)
+            out = comfy.sample.sample(patcher, comfy.sample.prepare_noise(lat, 7 + k), scfg.steps, scfg.cfg,
+                                      scfg.sampler, scfg.scheduler, positive, negative, lat, disable_pbar=True,
+                                      seed=7 + k)
+            imgs = world.to_rgb(out * patcher.model.latent_format.scale_factor)
+        else:
+            imgs = experiment.sample(patcher, positive, negative, cfg.size, scfg, 7 + k)
+        shapes, styles = classify.predict(models, imgs)
+        print(f"{shape}/{style}: read as " + ", ".join(
+            f"{world.SHAPES[s]}/{world.STYLES[y]}" for s, y in zip(shapes.tolist(), styles.tolist())))
+        real = world.batch([(shape, style)] * 2, cfg.size, seed=k)[0]
+        rows.append(torch.cat(list(torch.cat([real, imgs.float()], 0)), 1))
+    grid = (torch.cat(rows, 0).clamp(0, 1).numpy() * 255).astype(np.uint8)
+    Image.fromarray(grid).resize((grid.shape[1] * 8, grid.shape[0] * 8), Image.NEAREST).save(args.out)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
