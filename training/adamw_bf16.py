@@ -77,13 +77,18 @@ class AdamWBF16(torch.optim.Optimizer):
                     state["exp_avg_sq"] = torch.zeros_like(p, dtype=torch.bfloat16,
                                                            memory_format=torch.contiguous_format)
                 state["step"] += 1
-            for chunk in self._chunks(params):
-                self._update(chunk, lr, b1, b2, eps, wd)
+            # bias correction is per parameter: one that sat out steps (no gradient) is updated apart
+            by_step: dict[int, list] = {}
+            for p in params:
+                by_step.setdefault(self.state[p]["step"], []).append(p)
+            for same_step in by_step.values():
+                for chunk in self._chunks(same_step):
+                    self._update(chunk, lr, b1, b2, eps, wd)
         return loss
 
     def _update(self, params, lr, b1, b2, eps, wd):
         states = [self.state[p] for p in params]
-        t = states[0]["step"]  # one group steps together (a parameter's first step starts its own count)
+        t = states[0]["step"]  # equal within a chunk (step() groups by it)
         sizes = [p.numel() for p in params]
         grad = torch.cat([p.grad.reshape(-1) for p in params]).float()
         m = torch.cat([s["exp_avg"].reshape(-1) for s in states]).float().lerp_(grad, 1 - b1)
