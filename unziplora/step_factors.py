@@ -18,17 +18,7 @@ per-linear preparation held: the prepared factors in the compute dtype.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
-
-
-@dataclass
-class _Side:
-    downs: list  # A of every linear in the group
-    ups: list  # B
-    mergers: list  # m
-    masks: list | None  # M, when the side's hard mask applies (masked side, masks on); else None
 
 
 class _GroupFactors(torch.autograd.Function):
