@@ -72,7 +72,8 @@ def plain_conditioning(clip: WorldClip, text: str):
     return clip.encode_from_tokens_scheduled(text)
 
 
-def sample(model_patcher, positive, negative, size: int, scfg: SampleConfig, seed: int) -> torch.Tensor:
+def sample(model_patcher, positive, negative, size: int, scfg: SampleConfig, seed: int,
+           zero_mean_noise: bool = True) -> torch.Tensor:
     """[per_prompt, H, W, 3] images from ComfyUI's sampler."""
     import comfy.sample
 
@@ -82,7 +83,8 @@ def sample(model_patcher, positive, negative, size: int, scfg: SampleConfig, see
     # x sigma_max 14.6) is as large as the image's, and an epsilon model amplifies any error in it by sigma: sampled
     # from plain noise the base paints random flat colours behind the right shapes (see bench/RESULTS.md). SDXL's
     # 128 x 128 latents have 8x less of it. The LoRAs are trained by the pack as they are, with plain noise.
-    noise = noise - noise.mean(dim=(2, 3), keepdim=True)
+    if zero_mean_noise:
+        noise = noise - noise.mean(dim=(2, 3), keepdim=True)
     out = comfy.sample.sample(model_patcher, noise, scfg.steps, scfg.cfg, scfg.sampler, scfg.scheduler, positive,
                               negative, lat, disable_pbar=True, seed=seed)
     scale = model_patcher.model.latent_format.scale_factor  # sample() returns latents divided by it

@@ -3,7 +3,7 @@
     .venv/bin/python -m bench.separation.look OUT.png [--held-out] [--plain-noise] [--base FILE.safetensors]
 
 Read the composition numbers next to it: this is how the random flat backgrounds of plain-noise sampling were
-found (bench/RESULTS.md). --plain-noise samples without the zero-mean start noise experiment.sample uses.
+found (bench/RESULTS.md). --plain-noise samples without experiment.sample's zero-mean start noise.
 """
 
 from __future__ import annotations
@@ -45,16 +45,8 @@ def main(argv=None) -> int:
     rows = []
     for k, (shape, style) in enumerate(pairs):
         positive = experiment.plain_conditioning(clip, world.prompt(shape, style))
-        if args.plain_noise:
-            import comfy.sample
-
-            lat = torch.zeros(scfg.per_prompt, 4, cfg.size, cfg.size)
-            out = comfy.sample.sample(patcher, comfy.sample.prepare_noise(lat, 7 + k), scfg.steps, scfg.cfg,
-                                      scfg.sampler, scfg.scheduler, positive, negative, lat, disable_pbar=True,
-                                      seed=7 + k)
-            imgs = world.to_rgb(out * patcher.model.latent_format.scale_factor)
-        else:
-            imgs = experiment.sample(patcher, positive, negative, cfg.size, scfg, 7 + k)
+        imgs = experiment.sample(patcher, positive, negative, cfg.size, scfg, 7 + k,
+                                 zero_mean_noise=not args.plain_noise)
         shapes, styles = classify.predict(models, imgs)
         print(f"{shape}/{style}: read as " + ", ".join(
             f"{world.SHAPES[s]}/{world.STYLES[y]}" for s, y in zip(shapes.tolist(), styles.tolist())))
