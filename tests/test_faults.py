@@ -17,11 +17,10 @@ import weakref
 import pytest
 import torch
 
-from tiny_models import random_conditioning
+from tiny_models import tiny_training_parts
 from unziplora_pack.training import jobs as jobs_mod
 from unziplora_pack.training import loop as loop_mod
 from unziplora_pack.training.config import TrainConfig
-from unziplora_pack.training.data import LatentPosteriors, PromptStreams
 from unziplora_pack.training.jobs import JobManager, ResumeRefused
 from unziplora_pack.training.loop import Trainer, TrainInputs
 from unziplora_pack.training.model_copy import private_unet_copy
@@ -40,15 +39,9 @@ def base_inputs():
 
     patcher = build_tiny_sdxl(seed=0)
     unet, fp = private_unet_copy(patcher)
-    x, pooled = random_conditioning(1)
-    x_c, _ = random_conditioning(2)
-    x_s, _ = random_conditioning(3)
-    g = torch.Generator().manual_seed(4)
-    post = LatentPosteriors(torch.randn(1, 4, 10, 12, generator=g), torch.full((1, 4, 10, 12), 0.1))
-    adm = patcher.model.encode_adm(pooled_output=pooled, width=64, height=64, crop_w=0, crop_h=0,
-                                   target_width=64, target_height=64)
-    return dict(patcher=patcher, unet=unet, fp=fp, streams=PromptStreams(x, x_c, x_s, pooled), post=post,
-                adm=adm.detach().clone())
+    parts = tiny_training_parts(patcher)
+    return dict(patcher=patcher, unet=unet, fp=fp, streams=parts["streams"], post=parts["posteriors"],
+                adm=parts["adm"])
 
 
 def make_inputs(base):

@@ -9,9 +9,8 @@ import time
 import pytest
 import torch
 
-from tiny_models import random_conditioning
+from tiny_models import random_conditioning, tiny_training_parts
 from unziplora_pack.training.config import TrainConfig
-from unziplora_pack.training.data import LatentPosteriors, PromptStreams
 from unziplora_pack.training.jobs import JobCancelled, JobManager
 from unziplora_pack.training.loop import Trainer, TrainInputs
 from unziplora_pack.training.model_copy import private_unet_copy
@@ -25,15 +24,10 @@ CFG = TrainConfig(steps=4, rank=4, resolution=64, sample_times=2, checkpoint_eve
 @pytest.fixture
 def inputs(tiny_sdxl):
     unet, fp = private_unet_copy(tiny_sdxl)
-    x, pooled = random_conditioning(1)
-    x_c, _ = random_conditioning(2)
-    x_s, _ = random_conditioning(3)
-    g = torch.Generator().manual_seed(4)
-    post = LatentPosteriors(torch.randn(1, 4, 8, 8, generator=g), torch.full((1, 4, 8, 8), 0.1))
-    adm = tiny_sdxl.model.encode_adm(pooled_output=pooled, width=64, height=64, crop_w=0, crop_h=0,
-                                     target_width=64, target_height=64)
-    inp = TrainInputs(unet=copy.deepcopy(unet), streams=PromptStreams(x, x_c, x_s, pooled), posteriors=post,
-                      adm=adm.detach().clone(), base_fingerprint=fp)
+    parts = tiny_training_parts(tiny_sdxl, latent_hw=(8, 8))
+    adm = parts["adm"]
+    inp = TrainInputs(unet=copy.deepcopy(unet), streams=parts["streams"], posteriors=parts["posteriors"],
+                      adm=adm.clone(), base_fingerprint=fp)
     neg, _ = random_conditioning(9)
     inp.preview = PreviewInputs(negative=neg, negative_adm=adm.clone(), content_adm=adm * 0.5, style_adm=adm * 2.0,
                                 decode=lambda lat: torch.full((1, lat.shape[-2] * 8, lat.shape[-1] * 8, 3), 0.5))

@@ -8,9 +8,8 @@ import dataclasses
 import pytest
 import torch
 
-from tiny_models import random_conditioning
+from tiny_models import random_conditioning, tiny_training_parts
 from unziplora_pack.training.config import TrainConfig
-from unziplora_pack.training.data import LatentPosteriors, PromptStreams
 from unziplora_pack.training.jobs import JobCancelled
 from unziplora_pack.training.loop import Trainer, TrainInputs, ddpm_alphas_cumprod
 from unziplora_pack.training.model_copy import private_unet_copy
@@ -21,17 +20,11 @@ CFG = TrainConfig(steps=6, rank=4, resolution=64, sample_times=2, checkpoint_eve
 @pytest.fixture
 def make_inputs(tiny_sdxl):
     unet, fp = private_unet_copy(tiny_sdxl)
-    x, pooled = random_conditioning(1)
-    x_c, _ = random_conditioning(2)
-    x_s, _ = random_conditioning(3)
-    g = torch.Generator().manual_seed(4)
-    post = LatentPosteriors(torch.randn(1, 4, 10, 12, generator=g), torch.full((1, 4, 10, 12), 0.1))
-    adm = tiny_sdxl.model.encode_adm(pooled_output=pooled, width=64, height=64, crop_w=0, crop_h=0,
-                                     target_width=64, target_height=64)
+    parts = tiny_training_parts(tiny_sdxl)
 
     def make():
-        return TrainInputs(unet=copy.deepcopy(unet), streams=PromptStreams(x, x_c, x_s, pooled), posteriors=post,
-                           adm=adm.detach().clone(), base_fingerprint=fp)
+        return TrainInputs(unet=copy.deepcopy(unet), streams=parts["streams"], posteriors=parts["posteriors"],
+                           adm=parts["adm"].clone(), base_fingerprint=fp)
 
     return make
 

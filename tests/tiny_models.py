@@ -97,3 +97,19 @@ def random_conditioning(seed: int, tokens: int = 77, batch: int = 1):
     """(cross-attn tokens [B, tokens, 2048], pooled [B, 1280]) with a fixed seed."""
     g = torch.Generator().manual_seed(seed)
     return torch.randn(batch, tokens, 2048, generator=g), torch.randn(batch, 1280, generator=g)
+
+
+def tiny_training_parts(patcher, latent_hw=(10, 12), size: int = 64) -> dict:
+    """The pieces of a tiny training run, fixed seeds: {streams, posteriors, adm} (prompt streams from
+    random_conditioning 1, 2, 3; latent mean from seed 4, std 0.1; SDXL's adm for a size x size image)."""
+    from unziplora_pack.training.data import LatentPosteriors, PromptStreams
+
+    x, pooled = random_conditioning(1)
+    x_c, _ = random_conditioning(2)
+    x_s, _ = random_conditioning(3)
+    g = torch.Generator().manual_seed(4)
+    h, w = latent_hw
+    posteriors = LatentPosteriors(torch.randn(1, 4, h, w, generator=g), torch.full((1, 4, h, w), 0.1))
+    adm = patcher.model.encode_adm(pooled_output=pooled, width=size, height=size, crop_w=0, crop_h=0,
+                                   target_width=size, target_height=size).detach()
+    return {"streams": PromptStreams(x, x_c, x_s, pooled), "posteriors": posteriors, "adm": adm}
