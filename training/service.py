@@ -98,30 +98,36 @@ class TrainingService:
 
     def start(self, inputs: TrainInputs, config: TrainConfig, name: str, *, resume_prompt: dict | None = None,
               node_id: str | None = None, resume_job: JobRecord | None = None, base_name: str = "",
-              workflow_id: str | None = None) -> JobRecord:
+              workflow_id: str | None = None, device: torch.device | None = None) -> JobRecord:
+        """device: where this job trains (Train's device input); None: the service's, else ComfyUI's."""
         config.validate()
+        device = torch.device(device) if device is not None else (self.device or default_device())
         # read here, not in the job: a bad UNZIPLORA_CPU_THREADS fails the prompt, on the node, before any job
-        cpu_threads = cpu_training_threads() if (self.device or default_device()).type == "cpu" else None
+        cpu_threads = cpu_training_threads() if device.type == "cpu" else None
         with self._names_lock:
             final_name = output_names(self.dirs, name, reserved=self.reserved_names())
             info = dict(inputs.info, output_name=final_name, requested_name=name, mode=config.mode,
                         node_id=node_id, workflow_id=workflow_id, base_model=base_name, config=config.to_json(),
-                        cpu_threads=cpu_threads)
+                        cpu_threads=cpu_threads, device=str(device))
             info["planned_outputs"] = {
                 "content": os.path.join(self.dirs.loras, f"{final_name}_content.safetensors"),
                 "style": os.path.join(self.dirs.loras, f"{final_name}_style.safetensors"),
                 "bundle": os.path.join(self.dirs.bundles, f"{final_name}.safetensors"),
             }
             resume_from = resume_job.checkpoint if resume_job else None
-            work = self._work(inputs, config, final_name, base_name, resume_from)
+            work = self._work(inputs, config, final_name, base_name, resume_from, device)
             job = self.manager.submit(final_name, work, total=config.steps, info=info, resume_prompt=resume_prompt,
                                       resumed_from=resume_job.id if resume_job else None,
                                       step=checkpoint_step(resume_from) if resume_from else 0)
         return job
 
-    def _work(self, inputs: TrainInputs, config: TrainConfig, name: str, base_name: str, resume_from: str | None):
+    def _work(self, inputs: TrainInputs, config: TrainConfig, name: str, base_name: str, resume_from: str | None,
+              device: torch.device):
         def work(ctx: JobContext) -> dict:
-            device = self.device or default_device()
+            with device_context(device):
+                return run(ctx)
+
+        def run(ctx: JobContext) -> dict:
             if ctx.job.info.get("cpu_threads"):
                 # OpenMP/MKL keep the count per thread: ComfyUI's prompt thread, which has run torch ops before
                 # any job starts, keeps its own
@@ -162,13 +168,23 @@ class TrainingService:
                                         gpu_peak_reserved=reservation.peak_reserved)
                 inputs.unet.to("cpu")
                 if device.type == "cuda":
-                    torch.cuda.empty_cache()
+                    torch.cuda.empty_cache()  # the job thread's current device is the job's (device_context)
             return faults.export_explained(
                 lambda: export_run(result, config, self.dirs, name, inputs, base_name=base_name,
                                    started_at=ctx.job.started, preview_dir=renderer.out_dir if renderer else None),
                 ctx.job, device)
 
         return work
+
+
+def device_context(device: torch.device):
+    """The job thread's current CUDA device is the job's own (kernels and caches that use the current device,
+    torch.cuda.empty_cache among them, then act on it); the prompt thread keeps its own."""
+    import contextlib
+
+    if device.type == "cuda" and device.index is not None:
+        return torch.cuda.device(device)
+    return contextlib.nullcontext()
 
 
 def gpu_reservation(ctx: JobContext, trainer: Trainer, inputs: TrainInputs, config: TrainConfig):
@@ -186,7 +202,9 @@ def gpu_reservation(ctx: JobContext, trainer: Trainer, inputs: TrainInputs, conf
     if error:
         raise MemoryError(error)
     ctx.job.info.update(gpu_estimate=budget, gpu_warning=warning)
-    reservation = VramReservation(trainer.device, budget,
-                                  held=lambda: vram.tensor_bytes_on(inputs.unet, trainer.device)).start()
-    ctx.job.info["gpu_reserved"] = reservation.added
+    planned = vram.on_main_device(trainer.device)  # the reserve and the headroom are process-wide
+    headroom = vram.dynamic_headroom_knob(trainer.device) if planned else None
+    reservation = VramReservation(trainer.device, budget, held=lambda: vram.tensor_bytes_on(inputs.unet, trainer.device),
+                                  headroom=headroom, planned=planned).start()
+    ctx.job.info.update(gpu_reserved=reservation.added, gpu_headroom=headroom.source if headroom else None)
     return reservation

@@ -8,9 +8,13 @@ into memory the job's next step needs, and one of the two runs out. While a job 
 minus what it already holds on the device is added to ComfyUI's EXTRA_RESERVED_VRAM (the value --reserve-vram
 sets); when the job ends, however it ends, exactly that amount is taken off again.
 
-Under dynamic VRAM (comfy-aimdo) model weights are paged in on demand and evicted when an allocation would
-fail, so weights make room by themselves; the reservation still keeps the planning of inference memory
-(minimum_inference_memory) and any non-dynamic model's load out of the job's space.
+Under dynamic VRAM (comfy-aimdo, ComfyUI 0.16+ on NVIDIA) EXTRA_RESERVED_VRAM feeds only the estimate-based
+path (minimum_inference_memory, non-dynamic loads): --reserve-vram reaches comfy-aimdo once, at start-up, as its
+"simple VRAM headroom", the memory dynamic VRAM keeps free by evicting model pages. So on a dynamic-VRAM device
+the job also raises that headroom by the same amount (AimdoHeadroom), and puts back exactly the value it found
+when the last job ends, however it ends. Both values are process-wide: they are raised only for a job on
+ComfyUI's own device, where the prompts' models live; a job on another device (Train's device input) holds its
+memory there without shrinking what prompts on the main card may use.
 """
 
 from __future__ import annotations
@@ -42,6 +46,60 @@ def _model_management():
     import comfy.model_management as mm
 
     return mm
+
+
+def on_main_device(device: torch.device) -> bool:
+    """Whether `device` is ComfyUI's own device (where its models load unless a workflow says otherwise)."""
+    device, main = torch.device(device), torch.device(_model_management().get_torch_device())
+    return device.type == main.type and (device.index or 0) == (main.index or 0)
+
+
+class AimdoHeadroom:
+    """comfy-aimdo's process-wide headroom, raised by the sum of the running jobs' shares.
+
+    The value found when the first share arrives is the base; every change sets base + shares; when the last share
+    goes the base is put back, so jobs one after another, or overlapping, never add up and never leave it raised.
+    """
+
+    def __init__(self):
+        self.knob = None
+        self.base: int | None = None
+        self.shares: dict[int, int] = {}
+
+    def current_raise(self) -> int:
+        return sum(self.shares.values())
+
+    def set_share(self, owner: object, nbytes: int, knob) -> None:
+        with _lock:
+            if not self.shares:
+                self.knob, self.base = knob, int(knob.get())
+            self.shares[id(owner)] = max(0, int(nbytes))
+            self.knob.set(self.base + self.current_raise())
+
+    def drop(self, owner: object) -> None:
+        with _lock:
+            if self.shares.pop(id(owner), None) is None:
+                return
+            knob, base = self.knob, self.base
+            if not self.shares:
+                self.knob, self.base = None, None
+            try:
+                knob.set(base + self.current_raise())
+            except Exception as e:  # noqa: BLE001 -- ending a job never fails on it; say so in the log
+                log.warning("UnZipLoRA: could not put dynamic VRAM's headroom back to %d bytes (%s: %s)",
+                            base, type(e).__name__, e)
+
+
+HEADROOM = AimdoHeadroom()
+
+
+def dynamic_headroom_knob(device: torch.device):
+    """comfy-aimdo's headroom knob when `device` is a dynamic-VRAM device whose prompts it plans, else None."""
+    from ..unziplora import compat
+
+    if not accounts_for(device) or not compat.dynamic_vram_enabled() or not on_main_device(device):
+        return None
+    return compat.aimdo_headroom()
 
 
 def _add_to_comfy_reserve(delta: int) -> None:
@@ -112,12 +170,17 @@ class VramReservation:
     """The part of a job's expected peak that ComfyUI cannot see as used, kept in EXTRA_RESERVED_VRAM.
 
     held(): the bytes the job holds on the device right now (they already show as used).
+    headroom: comfy-aimdo's knob (compat.aimdo_headroom()) on a dynamic-VRAM device: the same amount is kept
+    there as dynamic VRAM's headroom. None: EXTRA_RESERVED_VRAM only.
+    planned: False for a job on another device than ComfyUI's: nothing process-wide is raised for it.
     """
 
-    def __init__(self, device: torch.device, budget: int, held=lambda: 0):
+    def __init__(self, device: torch.device, budget: int, held=lambda: 0, headroom=None, planned: bool = True):
         self.device = torch.device(device)
         self.budget = int(budget)
         self.held = held
+        self.headroom = headroom
+        self.planned = planned
         self.added = 0
         self.peak_allocated = 0
         self.peak_reserved = 0
@@ -134,11 +197,18 @@ class VramReservation:
 
     def update(self) -> int:
         """Re-plan after the job's footprint changed (weights moved, a step measured). Returns the reserve."""
-        if not self.active:
+        if not self.active or not self.planned:
             return 0
         want = max(0, self.budget - int(self.held()))
         _add_to_comfy_reserve(want - self.added)
         self.added = want
+        if self.headroom is not None:
+            try:
+                HEADROOM.set_share(self, want, self.headroom)
+            except Exception as e:  # noqa: BLE001 -- the job still runs, planned by EXTRA_RESERVED_VRAM alone
+                log.warning("UnZipLoRA: could not raise dynamic VRAM's headroom (%s: %s)", type(e).__name__, e)
+                HEADROOM.drop(self)
+                self.headroom = None
         return want
 
     def measure(self) -> None:
@@ -153,10 +223,13 @@ class VramReservation:
         self.update()
 
     def release(self) -> None:
-        if self.added:
-            _add_to_comfy_reserve(-self.added)
-        self.added = 0
-        self.active = False
+        try:
+            if self.added:
+                _add_to_comfy_reserve(-self.added)
+        finally:
+            self.added = 0
+            self.active = False
+            HEADROOM.drop(self)
 
     def __enter__(self):
         return self.start()
