@@ -10,6 +10,7 @@ from comfy_api.latest import io
 from ..training.config import CHECKPOINTING, TrainConfig
 from ..training.presets import PRESETS, apply_preset, preset_tooltip
 from ..training.prepare import prepare_inputs
+from ..unziplora import compat
 from ..unziplora.roles import MODES
 from .runtime import service
 from .validate import check_choices, check_name, check_prompts
@@ -93,6 +94,9 @@ class UnZipLoRATrain(io.ComfyNode):
                                tooltip="background: return at once, queue stays free. blocking: train inside the "
                                        "queue with ComfyUI's progress bar and Cancel (for small GPUs)."),
                 io.Combo.Input("preset", options=list(PRESETS), default="auto", optional=True, tooltip=preset_tooltip()),
+                io.Combo.Input("device", options=compat.device_options(), default=compat.DEFAULT_DEVICE, optional=True,
+                               tooltip="Where the job trains. default: ComfyUI's device. gpu:N: another card (train "
+                                       "on one GPU while prompts run on the other); cpu: slow, for small tests."),
             ],
             outputs=[
                 # display_name: the frontend labels outputs with it (else with the type: "STRING" x4)
@@ -117,8 +121,9 @@ class UnZipLoRATrain(io.ComfyNode):
     def execute(cls, model, clip, vae, image, content_prompt, style_prompt, combined_prompt, name, mode, steps, rank,
                 lr_content, lr_style, lr_merger, column_ratio, selections, orth_lambda, resolution, seed,
                 checkpoint_every, preview_every, preview_steps, gradient_checkpointing, precision, run_mode,
-                preset="auto", **_ignored) -> io.NodeOutput:
+                preset="auto", device=compat.DEFAULT_DEVICE, **_ignored) -> io.NodeOutput:
         check_choices(cls, locals())
+        train_device = compat.resolve_device(device)  # None: ComfyUI's own device
         config = TrainConfig(mode=mode, steps=steps, rank=rank, lr_content=lr_content, lr_style=lr_style,
                              lr_merger=lr_merger, column_ratio=column_ratio, sample_times=selections,
                              orth_lambda=orth_lambda, resolution=resolution, seed=seed,
@@ -133,10 +138,10 @@ class UnZipLoRATrain(io.ComfyNode):
         resume_job = svc.manager.check_resume(resume_from) if resume_from else None
         prompt = combined_prompt.strip() or build_combined_prompt(content_prompt, style_prompt)
         inputs = prepare_inputs(model, clip, vae, image, prompt, content_prompt, style_prompt, config)
-        make_room_for_training(inputs.unet)
+        make_room_for_training(inputs.unet, train_device)
         job = svc.start(inputs, config, name, resume_prompt=cls.hidden.prompt, node_id=cls.hidden.unique_id,
                         resume_job=resume_job, base_name=base_model_name(cls.hidden.prompt, cls.hidden.unique_id),
-                        workflow_id=workflow_id_of(cls.hidden.extra_pnginfo))
+                        workflow_id=workflow_id_of(cls.hidden.extra_pnginfo), device=train_device)
         if run_mode == "blocking":
             job = _wait_in_queue(svc, job)
         planned = job.info["planned_outputs"]
@@ -181,12 +186,13 @@ def base_model_name(prompt: dict | None, node_id: str | None) -> str:
     return ""
 
 
-def make_room_for_training(unet) -> None:
-    """Ask ComfyUI to unload what it can before the job puts its own UNet copy on the device. This runs in the
-    queue thread, the only place model management may be touched; the job's memory is invisible to it later."""
+def make_room_for_training(unet, device=None) -> None:
+    """Ask ComfyUI to unload what it can from the job's device (None: ComfyUI's) before the job puts its own UNet
+    copy there. This runs in the queue thread, the only place model management may be touched; the job's memory
+    is invisible to it later."""
     import comfy.model_management as mm
 
-    device = mm.get_torch_device()
+    device = device if device is not None else mm.get_torch_device()
     if device.type == "cpu":
         return
     need = sum(p.numel() * 2 for p in unet.parameters()) * 3  # bf16 weights + activations/optimiser headroom
