@@ -159,6 +159,8 @@ def test_headroom_is_raised_while_the_job_runs_and_put_back_however_it_ends(tiny
     assert aimdo.value == BASE and aimdo.history[-1] == BASE  # the exact value found before, put back
     assert mm.extra_reserved_memory() == base_reserve
     assert job.info["gpu_headroom"] == aimdo.shape
+    assert (job.info["gpu_headroom_base"], job.info["gpu_headroom_peak"], job.info["gpu_headroom_after"]) == (
+        BASE, BASE + want, BASE)  # what bench/gpu_check.py's headroom stage reads on a real card
     if ending == "oom":
         assert "out of memory" in job.error
 

@@ -166,6 +166,10 @@ class TrainingService:
                     reservation.release()
                     ctx.job.info.update(gpu_peak_allocated=reservation.peak_allocated,
                                         gpu_peak_reserved=reservation.peak_reserved)
+                    if reservation.headroom is not None:  # dynamic VRAM's headroom: before, raised to, after
+                        ctx.job.info.update(gpu_headroom_base=reservation.headroom_base,
+                                            gpu_headroom_peak=reservation.headroom_peak,
+                                            gpu_headroom_after=reservation.headroom.get())
                 inputs.unet.to("cpu")
                 if device.type == "cuda":
                     torch.cuda.empty_cache()  # the job thread's current device is the job's (device_context)

@@ -69,12 +69,15 @@ class AimdoHeadroom:
     def current_raise(self) -> int:
         return sum(self.shares.values())
 
-    def set_share(self, owner: object, nbytes: int, knob) -> None:
+    def set_share(self, owner: object, nbytes: int, knob) -> tuple[int, int]:
+        """Returns (base, the value set)."""
         with _lock:
             if not self.shares:
                 self.knob, self.base = knob, int(knob.get())
             self.shares[id(owner)] = max(0, int(nbytes))
-            self.knob.set(self.base + self.current_raise())
+            value = self.base + self.current_raise()
+            self.knob.set(value)
+            return self.base, value
 
     def drop(self, owner: object) -> None:
         with _lock:
@@ -181,6 +184,7 @@ class VramReservation:
         self.held = held
         self.headroom = headroom
         self.planned = planned
+        self.headroom_base = self.headroom_peak = None  # what the knob held before, the most it was set to
         self.added = 0
         self.peak_allocated = 0
         self.peak_reserved = 0
@@ -204,7 +208,9 @@ class VramReservation:
         self.added = want
         if self.headroom is not None:
             try:
-                HEADROOM.set_share(self, want, self.headroom)
+                base, value = HEADROOM.set_share(self, want, self.headroom)
+                self.headroom_base = base if self.headroom_base is None else self.headroom_base
+                self.headroom_peak = max(value, self.headroom_peak or 0)
             except Exception as e:  # noqa: BLE001 -- the job still runs, planned by EXTRA_RESERVED_VRAM alone
                 log.warning("UnZipLoRA: could not raise dynamic VRAM's headroom (%s: %s)", type(e).__name__, e)
                 HEADROOM.drop(self)
