@@ -1,20 +1,26 @@
 #!/usr/bin/env python
 """The GPU check (issue 9 §5): the pack in a live ComfyUI on an NVIDIA GPU with dynamic VRAM, end to end.
 
-    python bench/gpu_check.py --comfyui DIR [--tarball comfyui-0.33.0.tar.gz]   # GPU, full-size SDXL, < 8 min
+    python bench/gpu_check.py --comfyui DIR [--tarball comfyui-0.33.0.tar.gz]   # GPU, full-size SDXL, ~5 min
     python bench/gpu_check.py --comfyui DIR --cpu --tiny                          # the same stages, tiny, CPU
     python bench/gpu_check.py --plan                                              # print the stages and exit
+    bash bench/gpu_check_device.sh                # on a lent GPU machine: set-up from carried wheels, then the check
 
-Stages, each printed as `[gpu_check] STAGE <name>: PASS|FAIL ...`:
-  checkpoint  a random-weight SDXL checkpoint (full size: scripts/tiny_sdxl.py's generator with SDXL's UNet
-              config; --tiny: the cached tiny checkpoint)
+Stages, each printed as `[gpu_check] STAGE <name>: PASS|FAIL|SKIP (<its seconds> s, <seconds since start> s) ...`:
+  checkpoint  a random-weight SDXL checkpoint: scripts/tiny_sdxl.py --size full (SDXL's own UNet config, drawn on
+              the GPU, 2,567,463,684 UNet parameters) or --tiny's cached tiny one, in a subprocess that also checks
+              the written file's layout the way the stock loader reads it (tiny_sdxl.check_layout)
   server      ComfyUI (host B: 0.33.0, dynamic VRAM on by default on NVIDIA) with this pack, API only
   stock       a stock KSampler prompt, so the live model is loaded the dynamic way before training copies it
-  train       UnZipLoRATrain with the paper's settings but --steps (30) at --resolution (1024), in the
+  train       UnZipLoRATrain with the paper's settings but --steps (20) at --resolution (1024), in the
               background, while a second KSampler prompt runs beside it
+  headroom    under dynamic VRAM: the job raised comfy-aimdo's headroom above the value it found and put exactly
+              that value back (job info gpu_headroom_base / _peak / _after); SKIP where dynamic VRAM is off
   files       KSampler through stock LoraLoader with the content and style files the job wrote
+  second_gpu  only where Train offers gpu:1: a short job on gpu:1 while a prompt samples on ComfyUI's device;
+              the job trains there, reserves nothing process-wide; SKIP on one GPU
 Then one JSON line `[gpu_check] RESULT {...}`: device, peak allocated/reserved memory of the job, s/step,
-any out-of-memory error, per-stage pass/fail. --results FILE appends it to a markdown file (bench/RESULTS.md).
+any out-of-memory error, per-stage pass/fail and seconds. --results FILE appends it to a markdown file.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import json
 import os
 import platform
 import re
+import subprocess
 import sys
 import tarfile
 import tempfile
@@ -34,10 +41,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "scripts"))
 
-STAGES = ("checkpoint", "server", "stock", "train", "files")
+STAGES = ("checkpoint", "server", "stock", "train", "headroom", "files", "second_gpu")
 OOM = re.compile(r"out of memory|OutOfMemoryError|CUDA error: out of memory|MemoryError", re.I)
-FULL_SDXL_UNET = dict(model_channels=320, channel_mult=[1, 2, 4], transformer_depth=[0, 0, 2, 2, 10, 10],
-                      transformer_depth_middle=10, transformer_depth_output=[0, 0, 0, 2, 2, 2, 10, 10, 10])
+SDXL_UNET_PARAMS = 2_567_463_684
 
 
 def say(*a):
@@ -49,8 +55,12 @@ def settings(args) -> dict:
     if args.tiny:
         return dict(resolution=args.resolution or 128, steps=args.steps or 4, sample_size=128, sample_steps=2,
                     rank=4, image_size=160)
-    return dict(resolution=args.resolution or 1024, steps=args.steps or 30, sample_size=1024, sample_steps=8,
+    return dict(resolution=args.resolution or 1024, steps=args.steps or 20, sample_size=1024, sample_steps=8,
                 rank=64, image_size=1024)
+
+
+def checkpoint_size(args) -> str:
+    return "tiny" if args.tiny else "full"
 
 
 def plan(args) -> list[str]:
@@ -61,28 +71,40 @@ def plan(args) -> list[str]:
         f"stock: KSampler {s['sample_size']} px, {s['sample_steps']} steps",
         f"train: UnZipLoRATrain paper settings, {s['steps']} steps at {s['resolution']} px, rank {s['rank']}, "
         "with a KSampler prompt beside it",
+        "headroom: comfy-aimdo's headroom raised during the job and put back exactly (dynamic VRAM only)",
         "files: KSampler through LoraLoader(content) + LoraLoader(style)",
+        "second_gpu: a short job on gpu:1 beside a prompt on ComfyUI's device (two GPUs only)",
     ]
 
 
 # ------------------------------------------------------------------------------------------------ stages
-def make_checkpoint(args, work: Path) -> Path:
-    import tiny_sdxl
+def checkpoint_command(args, work: Path) -> list[str]:
+    """The generator, in a subprocess: its memory (and on a GPU its CUDA context) is gone before the server starts.
+    Full size is drawn on the GPU (seconds, where 16 CPU cores take minutes for 3.5 G random numbers)."""
+    device = "cpu" if args.cpu else "cuda"
+    out = work if not args.tiny else None
+    cmd = [sys.executable, str(REPO / "scripts" / "tiny_sdxl.py"), "--size", checkpoint_size(args), "--device", device,
+           "--check", "--comfyui", str(args.comfyui)]
+    return cmd + (["--out", str(out)] if out else [])
 
-    if args.tiny:
-        return tiny_sdxl.ensure_tiny_checkpoint()
-    path = work / "sdxl_random.safetensors"
-    if path.exists():
-        return path
-    tiny_sdxl._import_comfy()
-    from safetensors.torch import save_file
 
-    # the tiny generator's machinery at SDXL's size: the stock loader detects it as SDXL base
-    tiny_sdxl.UNET_CONFIG = dict(tiny_sdxl.UNET_CONFIG, **FULL_SDXL_UNET)
-    sd = tiny_sdxl.build_state_dict()
-    save_file(sd, str(path), metadata={"unziplora.note": "random weights, gpu_check"})
-    del sd
-    return path
+def parse_checkpoint_output(text: str, size: str) -> tuple[Path, dict]:
+    """(path, layout) from the generator's output; AssertionError when the file is not what the stage needs."""
+    layout = next((json.loads(line.split("layout:", 1)[1]) for line in text.splitlines()
+                   if line.startswith("[tiny_sdxl] layout:")), None)
+    assert layout is not None, f"the generator printed no layout: {text[-800:]}"
+    assert layout["model"] == "SDXL", layout
+    if size == "full":
+        assert layout["unet"] == SDXL_UNET_PARAMS, f"UNet has {layout['unet']} parameters, SDXL {SDXL_UNET_PARAMS}"
+    path = Path(text.strip().splitlines()[-1])
+    return path, layout
+
+
+def make_checkpoint(args, work: Path) -> tuple[Path, dict]:
+    proc = subprocess.run(checkpoint_command(args, work), capture_output=True, text=True)
+    if proc.returncode:
+        raise RuntimeError(f"tiny_sdxl.py exited {proc.returncode}: {(proc.stdout + proc.stderr)[-1500:]}")
+    return parse_checkpoint_output(proc.stdout, checkpoint_size(args))
 
 
 def start(args, work: Path, ckpt: Path):
@@ -188,21 +210,28 @@ def run(args) -> dict:
     result = {"stages": {}, "settings": s, "host": platform.node(), "date": time.strftime("%Y-%m-%d %H:%M UTC",
                                                                                           time.gmtime())}
     t_start = time.time()
+    last = {"t": t_start}
 
-    def stage(name, ok, detail="", **extra):
-        result["stages"][name] = {"pass": bool(ok), "detail": detail, "t": round(time.time() - t_start, 1), **extra}
-        say(f"STAGE {name}: {'PASS' if ok else 'FAIL'} ({time.time() - t_start:.0f} s) {detail}")
+    def stage(name, ok, detail="", skip=False, **extra):
+        """Record a stage: its own seconds (since the previous stage ended) and the seconds since the start."""
+        now = time.time()
+        verdict = "SKIP" if skip else ("PASS" if ok else "FAIL")
+        result["stages"][name] = {"pass": bool(ok) or skip, "verdict": verdict, "detail": detail,
+                                  "s": round(now - last["t"], 1), "t": round(now - t_start, 1), **extra}
+        say(f"STAGE {name}: {verdict} ({now - last['t']:.0f} s, {now - t_start:.0f} s) {detail}")
+        last["t"] = now
         return ok
 
     work = Path(args.work or tempfile.mkdtemp(prefix="gpu_check_"))
     work.mkdir(parents=True, exist_ok=True)
-    t = time.time()
     try:
-        ckpt = make_checkpoint(args, work)
+        ckpt, layout = make_checkpoint(args, work)
     except Exception as e:  # noqa: BLE001 -- every stage reports, none raises
         stage("checkpoint", False, f"{type(e).__name__}: {e}")
         return result
-    stage("checkpoint", True, f"{ckpt.name} {ckpt.stat().st_size / 2**30:.2f} GiB in {time.time() - t:.0f} s")
+    result["checkpoint"] = layout
+    stage("checkpoint", True, f"{ckpt.name} {ckpt.stat().st_size / 2**30:.2f} GiB, {layout['keys']} tensors, detected "
+                              f"{layout['model']}, UNet {layout['unet'] / 1e9:.3f} G parameters")
 
     try:
         server = start(args, work, ckpt)
@@ -230,6 +259,7 @@ def run(args) -> dict:
         result["oom_lines"] = [line[:300] for line in log.splitlines() if OOM.search(line)][:10]
         result["log"] = str(work / "comfyui.log")
     result["pass"] = all(v["pass"] for v in result["stages"].values()) and len(result["stages"]) == len(STAGES)
+    result["stage_seconds"] = {k: v["s"] for k, v in result["stages"].items()}
     result["total_s"] = round(time.time() - t_start, 1)
     return result
 
@@ -267,6 +297,7 @@ def _run_stages(args, s, server, ckpt, stage, result):
     stage("train", ok, f"job {job['state']} {job.get('error') or ''} s/step {s_per_step}, peak alloc "
                        f"{result['job_peak_allocated_gib']} GiB, reserved {result['job_peak_reserved_gib']} GiB; "
                        f"prompt beside: {'ok' if beside_ok else beside_err} (done at job step {beside_step})")
+    check_headroom(job, result, stage)
     if job["state"] != "done":
         return
     loras = [f"unziplora/{Path(job['outputs'][k]).name}" for k in ("content", "style")]
@@ -274,6 +305,50 @@ def _run_stages(args, s, server, ckpt, stage, result):
                                                       prefix="with_files")), args.timeout)
     ok, err = prompt_ok(h)
     stage("files", ok, err or f"sampled with {', '.join(loras)}")
+    second_gpu(args, s, client, ckpt, stage)
+
+
+def check_headroom(job: dict, result: dict, stage) -> bool:
+    """Dynamic VRAM: the job raised comfy-aimdo's headroom and put back exactly the value it found."""
+    i = job.get("info", {})
+    if not result.get("dynamic_vram"):
+        return stage("headroom", True, "dynamic VRAM is off on this server: only EXTRA_RESERVED_VRAM planned the job",
+                     skip=True)
+    base, peak, after = i.get("gpu_headroom_base"), i.get("gpu_headroom_peak"), i.get("gpu_headroom_after")
+    result.update(headroom_knob=i.get("gpu_headroom"), headroom_base=base, headroom_peak=peak, headroom_after=after)
+    if i.get("gpu_headroom") is None:
+        return stage("headroom", False, "dynamic VRAM is on but the job found no comfy-aimdo headroom knob")
+    ok = base is not None and peak is not None and peak > base and after == base
+    return stage("headroom", ok, f"comfy-aimdo ({i.get('gpu_headroom')}) headroom {_gib(base)} GiB -> {_gib(peak)} "
+                                 f"GiB during the job -> {_gib(after)} GiB after")
+
+
+def second_gpu(args, s: dict, client, ckpt: str, stage) -> None:
+    """Where Train offers gpu:1: a short job there while a prompt samples on ComfyUI's device."""
+    info = client.object_info("UnZipLoRATrain")
+    spec = info["UnZipLoRATrain"]["input"].get("optional", {}).get("device")
+    options = spec[0] if spec and isinstance(spec[0], list) else (spec[1].get("options", []) if spec else [])
+    if "gpu:1" not in options:
+        stage("second_gpu", True, f"one GPU (Train's devices: {', '.join(options) or 'no device input'})", skip=True)
+        return
+    short = dict(s, steps=min(s["steps"], 6), resolution=min(s["resolution"], 512))
+    graph = train_graph(info, ckpt, short)
+    graph["3"]["inputs"]["device"] = "gpu:1"
+    h = wait_prompt(client, client.queue(graph), args.timeout)
+    ok, err = prompt_ok(h)
+    if not ok:
+        stage("second_gpu", False, f"train prompt on gpu:1 failed: {err}")
+        return
+    job_id = h["outputs"]["3"]["unziplora_job"][0]
+    wait_job(client, job_id, args.timeout, min_step=1)
+    beside_ok, beside_err = prompt_ok(wait_prompt(client, client.queue(
+        sample_graph(ckpt, s["sample_size"], s["sample_steps"], 4, prefix="beside_gpu1")), args.timeout))
+    job = wait_job(client, job_id, args.timeout)
+    i = job.get("info", {})
+    ok = job["state"] == "done" and i.get("device") == "cuda:1" and not i.get("gpu_reserved") and beside_ok
+    stage("second_gpu", ok, f"job {job['state']} {job.get('error') or ''} on {i.get('device')}, peak alloc there "
+                            f"{_gib(i.get('gpu_peak_allocated'))} GiB, reserved process-wide {i.get('gpu_reserved')}; "
+                            f"prompt on ComfyUI's device: {'ok' if beside_ok else beside_err}")
 
 
 def _gib(n):
@@ -284,10 +359,11 @@ def write_results(path: Path, result: dict) -> None:
     lines = [f"\n## gpu_check {result['date']} on {result.get('device') or 'unknown device'}\n",
              f"- ComfyUI {result.get('comfyui')}, dynamic VRAM {result.get('dynamic_vram')}, "
              f"settings {json.dumps(result['settings'])}",
-             *[f"- {k}: {'PASS' if v['pass'] else 'FAIL'} {v['detail']}" for k, v in result["stages"].items()],
+             *[f"- {k}: {v.get('verdict') or ('PASS' if v['pass'] else 'FAIL')} ({v.get('s')} s) {v['detail']}"
+               for k, v in result["stages"].items()],
              f"- job peak allocated {result.get('job_peak_allocated_gib')} GiB, reserved "
              f"{result.get('job_peak_reserved_gib')} GiB, s/step {result.get('s_per_step')}",
-             f"- OOM: {result.get('oom_lines') or 'none'}", ""]
+             f"- OOM: {result.get('oom_lines') or 'none'}; total {result.get('total_s')} s", ""]
     with open(path, "a", encoding="utf-8") as f:
         f.write("\n".join(lines))
 

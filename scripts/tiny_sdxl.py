@@ -165,6 +165,21 @@ def is_current(path: Path, size: str = "tiny") -> bool:
 # ---------------------------------------------------------------------------------------------- generation
 
 
+def _comfy_version() -> str:
+    try:
+        from comfyui_version import __version__
+    except ImportError:
+        return "unknown"
+    return str(__version__)
+
+
+def file_metadata(path: Path) -> dict:
+    """A safetensors file's __metadata__ (header only)."""
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        return json.loads(f.read(n)).get("__metadata__") or {}
+
+
 def _import_comfy(comfy: Path | None = None):
     """Put ComfyUI on sys.path and make it run on the CPU when it has not been imported yet."""
     comfy = Path(comfy) if comfy else comfy_dir()
@@ -291,6 +306,7 @@ def generate(out_dir: Path, force: bool = False, comfy: Path | None = None, quie
     metadata = {
         METADATA_KEY: config_hash(size),
         "unziplora.tiny.size": size,
+        "unziplora.tiny.comfyui": _comfy_version(),
         "unziplora.tiny.unet_config": json.dumps(unet_config(size), sort_keys=True),
         "unziplora.tiny.note": "random weights for tests; not a usable image model",
     }
@@ -466,6 +482,8 @@ def main(argv=None) -> int:
                     "<repo>/.comfyui-path)")
     ap.add_argument("--size", choices=list(SIZES), default="tiny", help="tiny (tests) or full (SDXL's own UNet)")
     ap.add_argument("--device", default="cpu", help="where the random weights are drawn (cpu, cuda, cuda:1)")
+    ap.add_argument("--check", action="store_true", help="check the written file's layout (what the stock loader "
+                    "detects and builds, from its header) and print it as one JSON line")
     ap.add_argument("--print-hash", action="store_true", help="print the configuration hash and exit")
     args = ap.parse_args(argv)
     if args.print_hash:
@@ -475,6 +493,10 @@ def main(argv=None) -> int:
         os.environ["COMFYUI_DIR"] = str(args.comfyui)
     path = generate(args.out or default_cache_dir(), force=args.force, comfy=args.comfyui, size=args.size,
                     device=args.device)
+    if args.check:
+        found = check_layout(header_state_dict(path))
+        found.pop("unet_config")
+        print("[tiny_sdxl] layout:", json.dumps(dict(found, bytes=path.stat().st_size)), flush=True)
     if args.verify:
         print("[tiny_sdxl] verify:", json.dumps(verify(path)), flush=True)
     print(path)
