@@ -143,3 +143,31 @@ def test_security_md_lists_everything_the_pack_writes_and_what_delete_takes():
     assert f"`input/{SAMPLE_IMAGE}`" in writes
     delete_row = next(line for line in text.splitlines() if line.startswith("| `DELETE /unziplora/jobs/{id}/checkpoints`"))
     assert "empty body or `{}` (any field is 400)" in delete_row
+
+
+def test_training_prompts_are_bounded_in_tokens_before_encoding():
+    class ChunkyClip:
+        def tokenize(self, text):
+            chunks = [[(0, 1.0)] * 77 for _ in range(1 + len(text) // 100)]
+            return {"g": chunks, "l": chunks}
+
+        def encode_from_tokens(self, tokens, return_pooled=False):
+            raise AssertionError("a refused prompt must not be encoded")
+
+    with pytest.raises(ValueError, match="style_prompt is 10 of CLIP's 77-token chunks long: at most 8"):
+        data.encode_prompts(ChunkyClip(), "A sks cat in sketch style", "A sks cat", "," * 950)
+
+
+def test_a_final_file_that_cannot_be_written_is_named(tmp_path):
+    from unziplora_pack.training import faults
+
+    class Job:
+        step, total, checkpoint = 10, 10, None
+
+    target = str(tmp_path / "models" / "loras" / "unziplora")
+
+    def export():
+        raise PermissionError(errno.EACCES, "Permission denied", target)
+
+    with pytest.raises(OSError, match=f"could not write the trained files: Permission denied: {target}"):
+        faults.export_explained(export, Job(), torch.device("cpu"))

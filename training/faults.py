@@ -79,6 +79,7 @@ def export_explained(export, job, device):
         return export()
     except (OSError, RuntimeError) as e:  # safetensors reports a failed write as its own (RuntimeError-like) error
         reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).strip().splitlines()[0][:300]
+        reason += _where(e) if isinstance(e, OSError) else ""
         problem = OSError(getattr(e, "errno", None) or errno.EIO,
                           f"could not write the trained files: {reason} (disk full or not writable?). Nothing was "
                           f"written; {kept_checkpoint(job)}")
