@@ -77,10 +77,21 @@ def _text_problem(inp, value) -> str | None:
     return None
 
 
+def _range_problem(inp, value) -> str | None:
+    """The schema's min / max (ComfyUI skips its own check for an input validate_inputs takes). Non-numbers and
+    NaN are left to the node's own checks, which say what kind of number belongs there."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    low, high = getattr(inp, "min", None), getattr(inp, "max", None)
+    if (low is not None and value < low) or (high is not None and value > high):
+        return f"{inp.id} = {shown(value)} is not allowed: from {low} to {high}"
+    return None
+
+
 def problem(node_cls, values: dict, at_queue: bool = False) -> str | None:
     """The first bad input among `values` (input id -> value), in the node's schema order, as one message naming
-    the input as the node shows it; None when all are fine. Checks: combo values against their options, text
-    type and length, and (at queue time) that an input which only takes a link was not given a typed value."""
+    the input as the node shows it; None when all are fine. Checks: combo values against their options, numbers
+    against the schema's min / max, text type and length, and (at queue time) that an input which only takes a link was not given a typed value."""
     for inp in node_cls.define_schema().inputs:
         if inp.id not in values:
             continue
@@ -89,6 +100,8 @@ def problem(node_cls, values: dict, at_queue: bool = False) -> str | None:
             found = _combo_problem(inp, value, at_queue)
         elif isinstance(inp, io.String.Input):
             found = _text_problem(inp, value)
+        elif isinstance(inp, (io.Int.Input, io.Float.Input)):
+            found = _range_problem(inp, value)
         elif not isinstance(inp, _WIDGETS) and at_queue and value is not None:
             # a link arrives as None at queue time; anything else was typed into the API JSON
             found = (f"{inp.id} = {shown(value)} is not allowed: connect it to a node's {_type_name(inp)} output "

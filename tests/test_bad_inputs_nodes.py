@@ -482,3 +482,9 @@ def test_every_node_validates_at_queue_time_through_its_schema():
     for cls in asyncio.run(UnZipLoRAExtension().get_node_list()):
         assert "validate_inputs" in cls.__dict__, f"{cls.__name__} has no validate_inputs"
         assert getattr(cls.execute, "__wrapped__", None) is not None, f"{cls.__name__}.execute is not plain_errors"
+
+
+def test_train_keeps_the_schema_bounds_of_inputs_its_validate_inputs_takes():
+    """ComfyUI skips its own min / max for inputs a validate_inputs takes: selections' max (100) must still hold."""
+    message = UnZipLoRATrain.validate_inputs(steps=600, selections=150, mode="unziplora", resolution=128)
+    assert message == "selections = 150 is not allowed: from 1 to 100", message
