@@ -6,7 +6,7 @@ from comfy_api.latest import io
 
 from ..unziplora.apply import APPLY_MODES, apply_pair
 from .loaders import PairType
-from .validate import check_choices
+from .validate import check_inputs, check_pair, plain_errors, queue_check
 
 
 class UnZipLoRAApply(io.ComfyNode):
@@ -38,6 +38,13 @@ class UnZipLoRAApply(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, mode=None, content_from=None, style_from=None):
+        return queue_check(cls, locals())
+
+    @classmethod
+    @plain_errors
     def execute(cls, model, mode, content_from, content_strength, style_strength, style_from=None) -> io.NodeOutput:
-        check_choices(cls, locals())
+        check_inputs(cls, locals())
+        check_pair("content_from", content_from)
+        check_pair("style_from", style_from, optional=True)
         return io.NodeOutput(apply_pair(model, content_from, style_from, mode, content_strength, style_strength))

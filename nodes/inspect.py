@@ -7,11 +7,13 @@ from comfy_api.latest import io, ui
 from ..unziplora.inspect_map import SIDES, pair_map
 from ..unziplora.render import render_pair_map, to_image_tensor
 from .loaders import PairType
+from .validate import check_pair, plain_errors, queue_check
 
 
 def summary_text(pm) -> str:
     """One line per block, for logs and text nodes: what the image shows, in numbers."""
     lines = [f"{pm.name} [{pm.kind}] mode={pm.mode or '?'} masks={pm.mask_source or 'none'}"]
+    lines += [f"  ! {p}" for p in pm.problems]
     for b in pm.blocks:
         parts = [f"{b.block:<20} {b.role or '?':<8}"]
         if pm.has_masks:
@@ -48,7 +50,13 @@ class UnZipLoRAInspect(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, pair=None):
+        return queue_check(cls, locals())
+
+    @classmethod
+    @plain_errors
     def execute(cls, pair) -> io.NodeOutput:
+        check_pair("pair", pair)
         pm = pair_map(pair)
         if not pm.blocks:
             raise ValueError(f"pair: {pair.name} has no attention LoRA layers to show")

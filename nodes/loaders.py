@@ -14,7 +14,7 @@ from comfy_api.latest import io
 
 from ..unziplora import pair as pairs
 from .runtime import MODEL_FOLDER, path_display, register_folders
-from .validate import check_choices, loading
+from .validate import check_inputs, loading, plain_errors, queue_check
 
 log = logging.getLogger("unziplora")
 
@@ -69,6 +69,11 @@ class UnZipLoRALoader(io.ComfyNode):
                                  tooltip="Words that call up the content (e.g. 'sks cat')."),
                 io.String.Output("style_trigger", display_name="style_trigger",
                                  tooltip="Words that call up the style."),
+                io.String.Output("prediction", display_name="prediction",
+                                 tooltip="What the base model the run was trained on predicts, from the files' "
+                                         "metadata: 'epsilon (noise) prediction' or 'v-prediction' (', zero terminal "
+                                         "SNR' if so). Use the LoRAs on a model that predicts the same. Empty: the "
+                                         "files do not say (runs made before the pack wrote it)."),
             ],
         )
 
@@ -77,15 +82,21 @@ class UnZipLoRALoader(io.ComfyNode):
         return _mtime(MODEL_FOLDER, bundle)
 
     @classmethod
+    def validate_inputs(cls, bundle=None):
+        return queue_check(cls, locals())
+
+    @classmethod
+    @plain_errors
     def execute(cls, bundle) -> io.NodeOutput:
         import folder_paths
 
-        check_choices(cls, locals())
+        check_inputs(cls, locals())
         with loading("bundle", bundle, path_display()):
             handle = pairs.from_bundle(_full_path(MODEL_FOLDER, bundle), folder_paths.get_folder_paths("loras"))
         log.info("UnZipLoRA: loaded %s", handle.summary())
         return io.NodeOutput(handle, handle.prompt, handle.text("content"), handle.text("style"),
-                             handle.text("content", "trigger"), handle.text("style", "trigger"))
+                             handle.text("content", "trigger"), handle.text("style", "trigger"), handle.prediction,
+                             ui={"text": [f"{handle.name}: {handle.prediction or 'prediction type not recorded'}"]})
 
 
 class UnZipLoRALoadFiles(io.ComfyNode):
@@ -117,10 +128,15 @@ class UnZipLoRALoadFiles(io.ComfyNode):
         return _mtime("loras", content_lora), _mtime("loras", style_lora), mergers
 
     @classmethod
+    def validate_inputs(cls, content_lora=None, style_lora=None, mergers=None):
+        return queue_check(cls, locals())
+
+    @classmethod
+    @plain_errors
     def execute(cls, content_lora, style_lora, mergers) -> io.NodeOutput:
         import folder_paths
 
-        check_choices(cls, locals())
+        check_inputs(cls, locals())
         display = path_display()
         picked = {"content": ("content_lora", content_lora), "style": ("style_lora", style_lora)}
         paths, found = {}, {r: None for r in pairs.SIDES}
@@ -162,8 +178,13 @@ class UnZipLoRALoadBLoRA(io.ComfyNode):
         return _mtime("loras", lora)
 
     @classmethod
+    def validate_inputs(cls, lora=None):
+        return queue_check(cls, locals())
+
+    @classmethod
+    @plain_errors
     def execute(cls, lora) -> io.NodeOutput:
-        check_choices(cls, locals())
+        check_inputs(cls, locals())
         with loading("lora", lora, path_display()):
             handle = pairs.from_blora(_full_path("loras", lora))
         log.info("UnZipLoRA: loaded %s", handle.summary())

@@ -6,9 +6,11 @@ import logging
 
 from comfy_api.latest import io
 
+from ..training.data import tokenize_bounded
 from ..unziplora.kv_patch import with_streams, with_zero_streams
 from .loaders import PairType
 from .train import build_combined_prompt
+from .validate import check_inputs, check_pair, plain_errors, queue_check
 
 log = logging.getLogger("unziplora")
 
@@ -19,10 +21,10 @@ EMPTY_NEGATIVE = {
 }
 
 
-def _encode(clip, text: str):
+def _encode(clip, text: str, input_name: str):
     if clip is None:
         raise RuntimeError("UnZipLoRA Prompts: the clip input is None (does the checkpoint have text encoders?)")
-    return clip.encode_from_tokens_scheduled(clip.tokenize(text))
+    return clip.encode_from_tokens_scheduled(tokenize_bounded(clip, text, input_name))
 
 
 def resolve_prompts(combined: str, content: str, style: str, content_from=None, style_from=None) -> dict:
@@ -91,20 +93,27 @@ class UnZipLoRAPrompts(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, prompt=None, content_prompt=None, style_prompt=None, negative_prompt=None,
+                        empty_negative=None, content_from=None, style_from=None):
+        return queue_check(cls, locals())
+
+    @classmethod
+    @plain_errors
     def execute(cls, clip, prompt, content_prompt, style_prompt, negative_prompt, content_from=None,
                 style_from=None, empty_negative="encode") -> io.NodeOutput:
-        if empty_negative not in EMPTY_NEGATIVE:
-            raise ValueError(f"UnZipLoRA Prompts: empty_negative must be one of {', '.join(EMPTY_NEGATIVE)}; "
-                             f"got {empty_negative!r}")
+        check_inputs(cls, {k: v for k, v in locals().items() if k not in ("cls", "clip")})
+        check_pair("content_from", content_from, optional=True)
+        check_pair("style_from", style_from, optional=True)
         used = resolve_prompts(prompt, content_prompt, style_prompt, content_from, style_from)
-        positive = _encode(clip, used["combined"])
+        # the prompts a pair filled in are its trained ones: name the field they stand for
+        positive = _encode(clip, used["combined"], "prompt")
         streams = {}
         for role in ("content", "style"):
             text = used[role]
-            streams[role] = positive if not text or text == used["combined"] else _encode(clip, text)
+            streams[role] = positive if not text or text == used["combined"] else _encode(clip, text, f"{role}_prompt")
         positive = with_streams(positive, streams["content"], streams["style"])
         zero_main = empty_negative == "zeros" and not negative_prompt.strip()
-        negative = with_zero_streams(_encode(clip, negative_prompt), zero_main=zero_main)
+        negative = with_zero_streams(_encode(clip, negative_prompt, "negative_prompt"), zero_main=zero_main)
         log.info("UnZipLoRA Prompts: combined %r, content %r, style %r", used["combined"], used["content"],
                  used["style"])
         return io.NodeOutput(positive, negative)

@@ -121,6 +121,7 @@ async def cancel_job(request: web.Request) -> web.Response:
 @_json_errors
 async def delete_checkpoints(request: web.Request) -> web.Response:
     job = _job_or_404(request)
+    await read_body(request)  # empty or {}: a field would be an option this route does not have
     try:
         freed = service().manager.delete_checkpoints(job.id)
     except ResumeRefused as e:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from comfy_api.latest import io, ui
 
 from ..unziplora.render import render_table, to_image_tensor
-from ..unziplora.scoring import WHAT, score
+from ..unziplora.scoring import MAX_ROWS, NAN_CELL, WHAT, score
+from .validate import check_inputs, plain_errors, queue_check
 
 _BATCH = ("A batch: one image per run or seed, in the same order for every kind (index i of each batch is "
           "row i of the table).")
@@ -36,7 +37,7 @@ class UnZipLoRAScore(io.ComfyNode):
                                tooltip="Both LoRAs with the combined prompt. " + _BATCH),
                 io.String.Input("labels", default="", optional=True,
                                 tooltip="Names of the rows, comma-separated, e.g. 'seed 0, seed 1, seed 2'. "
-                                        "Empty: #0, #1, ..."),
+                                        "Empty: #0, #1, ... At most 40 characters a name (they are drawn in the table)."),
                 io.Combo.Input("crop", options=["center", "stretch"], default="center",
                                tooltip="How images are fitted to the model's square input: center crop (what CLIP "
                                        "scores usually use) or stretch the whole image."),
@@ -52,8 +53,15 @@ class UnZipLoRAScore(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, reference=None, style_images=None, content_images=None, combined_images=None,
+                        labels=None, crop=None):
+        return queue_check(cls, locals())
+
+    @classmethod
+    @plain_errors
     def execute(cls, clip_vision, reference, style_images=None, content_images=None, combined_images=None,
                 labels="", crop="center") -> io.NodeOutput:
+        check_inputs(cls, {"labels": labels, "crop": crop})
         if clip_vision is None or not hasattr(clip_vision, "encode_image"):
             raise ValueError("clip_vision: connect a CLIP Vision model (Load CLIP Vision)")
         table = score(clip_vision, reference, {"style": style_images, "content": content_images,
@@ -62,6 +70,8 @@ class UnZipLoRAScore(io.ComfyNode):
         kinds = ", ".join(WHAT[k] for k in table.per_kind)
         title = "UnZipLoRA Score: CLIP-I vs the training image"
         note = f"{kinds}; best: {table.labels[table.best]}" if table.rows > 1 else kinds
+        if table.unscored:
+            note += f"; {NAN_CELL}: NaN or infinite pixels, left out of the means"
         image = to_image_tensor(render_table(title, headers, rows, best=table.best if table.rows > 1 else None,
                                              note=note))
         report = "\n".join("\t".join(r) for r in [headers] + rows)

@@ -13,7 +13,7 @@ from ..training.prepare import prepare_inputs
 from ..unziplora import compat
 from ..unziplora.roles import MODES
 from .runtime import service
-from .validate import check_choices, check_name, check_prompts
+from .validate import shown, check_inputs, check_name, check_prompts, plain_errors, queue_check
 
 PAPER = TrainConfig()
 
@@ -118,11 +118,31 @@ class UnZipLoRATrain(io.ComfyNode):
         return uuid.uuid4().hex
 
     @classmethod
+    def validate_inputs(cls, content_prompt=None, style_prompt=None, combined_prompt=None, name=None, mode=None,
+                        steps=None, selections=None, resolution=None, gradient_checkpointing=None, precision=None,
+                        run_mode=None, preset=None):
+        """At queue time: what needs no model (combos, text, name, the settings that depend on each other)."""
+        found = queue_check(cls, locals())
+        if found is not True:
+            return found
+        try:
+            if name is not None:
+                check_name(name)
+            if None not in (mode, steps, selections, resolution):
+                TrainConfig(mode=mode, steps=steps, sample_times=selections, resolution=resolution).validate()
+            if None not in (content_prompt, style_prompt, mode):
+                check_prompts(content_prompt, style_prompt, MODES[mode].prompt_separation)
+        except ValueError as e:
+            return str(e)
+        return True
+
+    @classmethod
+    @plain_errors
     def execute(cls, model, clip, vae, image, content_prompt, style_prompt, combined_prompt, name, mode, steps, rank,
                 lr_content, lr_style, lr_merger, column_ratio, selections, orth_lambda, resolution, seed,
                 checkpoint_every, preview_every, preview_steps, gradient_checkpointing, precision, run_mode,
                 preset="auto", device=compat.DEFAULT_DEVICE, **_ignored) -> io.NodeOutput:
-        check_choices(cls, locals())
+        check_inputs(cls, locals())
         train_device = compat.resolve_device(device)  # None: ComfyUI's own device
         config = TrainConfig(mode=mode, steps=steps, rank=rank, lr_content=lr_content, lr_style=lr_style,
                              lr_merger=lr_merger, column_ratio=column_ratio, sample_times=selections,
@@ -136,6 +156,10 @@ class UnZipLoRATrain(io.ComfyNode):
         # checked again when the job is submitted, under the manager's lock (two prompts resuming one job)
         resume_from = resume_request(cls.hidden.extra_pnginfo, cls.hidden.unique_id)
         resume_job = svc.manager.check_resume(resume_from) if resume_from else None
+        if resume_job is not None and str(resume_job.info.get("node_id")) != str(cls.hidden.unique_id):
+            raise ValueError(f"Resume of job {resume_from!r}: it was started by train node "
+                             f"{resume_job.info.get('node_id')}, not by this one ({cls.hidden.unique_id}): a job resumes "
+                             "with its own node's settings (use Resume on its panel)")
         prompt = combined_prompt.strip() or build_combined_prompt(content_prompt, style_prompt)
         inputs = prepare_inputs(model, clip, vae, image, prompt, content_prompt, style_prompt, config)
         make_room_for_training(inputs.unet, train_device)
@@ -156,10 +180,23 @@ RESUME_KEY = "unziplora_resume"  # extra_pnginfo[RESUME_KEY] = {train node id: j
 
 def resume_request(extra_pnginfo, node_id) -> str:
     """The job this run resumes, if the panel's Resume queued it. It travels in the prompt's extra data, not in an
-    input: a widget would be shown to users (and saved in their workflows) for plumbing only the panel sets."""
-    wanted = extra_pnginfo.get(RESUME_KEY) if isinstance(extra_pnginfo, dict) else None
-    job = wanted.get(str(node_id)) if isinstance(wanted, dict) else None
-    return job if isinstance(job, str) else ""
+    input: a widget would be shown to users (and saved in their workflows) for plumbing only the panel sets.
+
+    The channel exists for the Resume route only, which always writes {train node id: job id}: anything else in it
+    is refused by name rather than read as "no resume" (a fresh run the client did not ask for)."""
+    if not isinstance(extra_pnginfo, dict) or RESUME_KEY not in extra_pnginfo:
+        return ""
+    wanted = extra_pnginfo[RESUME_KEY]
+    if not isinstance(wanted, dict):
+        raise ValueError(f"extra_pnginfo.{RESUME_KEY} = {shown(wanted)} is not allowed: an object "
+                         "{train node id: job id}, as the Resume route (POST /unziplora/jobs/<id>/resume) writes it")
+    job = wanted.get(str(node_id))
+    if job is None:  # a resume for another train node of the graph
+        return ""
+    if not isinstance(job, str):
+        raise ValueError(f"extra_pnginfo.{RESUME_KEY}[{str(node_id)!r}] = {shown(job)} is not allowed: a job id "
+                         "(12 hex digits, as a string)")
+    return job
 
 
 def workflow_id_of(extra_pnginfo) -> str | None:

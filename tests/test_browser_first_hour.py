@@ -252,7 +252,7 @@ def test_outputs_are_named(session):
     names = page.evaluate("""() => Object.fromEntries(window.app.graph.nodes.filter((n) => n.type.startsWith('UnZipLoRA'))
         .map((n) => [n.type, n.outputs.map((o) => o.label || o.localized_name || o.name)]))""")
     assert names["UnZipLoRALoader"] == ["pair", "prompt", "content_prompt", "style_prompt", "content_trigger",
-                                        "style_trigger"], names
+                                        "style_trigger", "prediction"], names
     assert names["UnZipLoRAPrompts"] == ["positive", "negative"], names
     open_template(page, server, TRAIN_TEMPLATE)
     train = page.evaluate("() => window.app.graph.nodes.find((n) => n.type === 'UnZipLoRATrain').outputs"

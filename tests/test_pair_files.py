@@ -166,7 +166,8 @@ def test_loader_nodes_resolve_comfyui_folders(tmp_path, monkeypatch):
     monkeypatch.setitem(folder_paths.folder_names_and_paths, "unziplora", ([str(bundles)], {".safetensors"}))
 
     out = UnZipLoRALoader.execute("cat.safetensors").args
-    assert out[1:] == ("A sks cat in sketch style", "A sks cat", "A cat in sketch style", "sks cat", "sketch style")
+    assert out[1:6] == ("A sks cat in sketch style", "A sks cat", "A cat in sketch style", "sks cat", "sketch style")
+    assert out[6] == ""  # the prediction type: this run's files do not record one
     assert out[0].content.source == saved.content
     pair = UnZipLoRALoadFiles.execute("unziplora/cat_content.safetensors", "unziplora/cat_style.safetensors",
                                       "auto").args[0]

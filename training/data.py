@@ -11,6 +11,22 @@ import torch
 from ..unziplora.kv_patch import match_length
 
 MIN_IMAGE_SIDE = 64
+# CLIP reads 77-token chunks (75 of the prompt's tokens each). 8 chunks = 600 tokens: several times any LoRA
+# prompt, while each further chunk is one more pass of both text encoders (in the queue thread, where Interrupt
+# cannot reach) and 77 more keys in every cross-attention. nodes.validate bounds the characters at queue time;
+# this bounds the tokens (text of punctuation makes one token a character), after tokenizing, before encoding.
+MAX_PROMPT_CHUNKS = 8
+
+
+def tokenize_bounded(clip, text: str, input_name: str):
+    """clip.tokenize(text), or ValueError naming the input when it would take more than MAX_PROMPT_CHUNKS."""
+    tokens = clip.tokenize(text)
+    # ComfyUI's tokenizers give {encoder: [chunk, ...]}; anything else (a stand-in in tests) is not counted
+    chunks = max((len(v) for v in tokens.values() if isinstance(v, list)), default=0) if isinstance(tokens, dict) else 0
+    if chunks > MAX_PROMPT_CHUNKS:
+        raise ValueError(f"{input_name} is {chunks} of CLIP's 77-token chunks long: at most {MAX_PROMPT_CHUNKS} "
+                         f"({MAX_PROMPT_CHUNKS * 75} tokens) are encoded; shorten it")
+    return tokens
 
 
 @dataclass
@@ -33,8 +49,10 @@ def encode_prompts(clip, prompt: str, content_prompt: str, style_prompt: str) ->
             raise ValueError(f"{name} is empty: give a prompt (e.g. 'A sks cat' / 'A cat in sketch style')")
     out = []
     pooled = None
-    for text in (prompt, content_prompt, style_prompt):
-        cond, p = clip.encode_from_tokens(clip.tokenize(text), return_pooled=True)
+    tokens = [tokenize_bounded(clip, text, name) for name, text in
+              (("combined_prompt", prompt), ("content_prompt", content_prompt), ("style_prompt", style_prompt))]
+    for chunk in tokens:
+        cond, p = clip.encode_from_tokens(chunk, return_pooled=True)
         out.append(cond.detach().float().clone())
         if pooled is None:
             pooled = p.detach().float().clone()  # the UNet's pooled vector is the combined prompt's only
@@ -55,12 +73,24 @@ def check_image(image: torch.Tensor) -> None:
         raise ValueError(f"image is {w}x{h} px: its shorter side must be at least {MIN_IMAGE_SIDE} px to crop")
 
 
+def box_downscale(px: torch.Tensor, resolution: int) -> torch.Tensor:
+    """[B, C, H, W] -> float, shrunk by a whole factor (a box filter: the mean of k x k pixels) to a shorter side
+    of at most 2 x resolution. The antialiased bicubic resize after it then works on a small image: on the full
+    one (an 8192 x 8192 photo at resolution 64) its blur held the queue for over 3 minutes and took 6.8 GB more.
+    Averaging k x k blocks loses nothing the final resize keeps (it low-passes to the target anyway)."""
+    k = min(px.shape[-2:]) // (2 * resolution)
+    if k < 2:
+        return px.float()
+    # one image at a time: a batch of large views is never held twice over in float
+    return torch.cat([torch.nn.functional.avg_pool2d(px[i:i + 1].float(), k, stride=k) for i in range(px.shape[0])])
+
+
 def resize_short_side(image: torch.Tensor, resolution: int) -> torch.Tensor:
     """IMAGE [B, H, W, C] in 0..1 -> [B, 3, H', W'] with the shorter side = resolution, both sides multiples
     of 8 (the VAE's factor), centre-trimmed."""
     import kornia
 
-    px = image[..., :3].movedim(-1, 1).float()
+    px = box_downscale(image[..., :3].movedim(-1, 1), resolution)
     px = kornia.geometry.transform.resize(px, resolution, side="short", interpolation="bicubic", antialias=True)
     h, w = px.shape[-2:]
     h8, w8 = h - h % 8, w - w % 8

@@ -56,6 +56,14 @@ def thumbnails(preview_dir: str | None, fallback) -> dict:
     return out
 
 
+def prediction_of_run(inputs) -> dict:
+    """RunInfo's prediction fields from the run's objective (None: the trainer used SDXL's eps default)."""
+    objective = getattr(inputs, "objective", None)
+    if objective is None:
+        return {"prediction": "eps", "zero_terminal_snr": False}
+    return {"prediction": objective.prediction, "zero_terminal_snr": bool(objective.zsnr)}
+
+
 def export_run(result, config, dirs, name: str, inputs, base_name: str = "", *, started_at: float | None = None,
                preview_dir: str | None = None) -> dict:
     factors, mergers, masks = split_run(result.lora)
@@ -65,7 +73,8 @@ def export_run(result, config, dirs, name: str, inputs, base_name: str = "", *, 
                    base_model_hash=inputs.base_fingerprint, resolution=config.resolution,
                    author=os.environ.get(AUTHOR_ENV, "").strip(), training_started_at=started_at,
                    images=int(inputs.info.get("images", 1)),
-                   thumbnails=thumbnails(preview_dir, getattr(inputs, "thumbnail", None)))
+                   thumbnails=thumbnails(preview_dir, getattr(inputs, "thumbnail", None)),
+                   **prediction_of_run(inputs))
     saved = save_unziplora(dirs.loras, name, factors["content"], factors["style"], info, mergers=mergers,
                            masks=masks, bundle_directory=dirs.bundles)
     return {"name": saved.name, "content": saved.content, "style": saved.style, "bundle": saved.bundle}

@@ -42,6 +42,12 @@ def release_memory(device) -> None:
         torch.cuda.empty_cache()
 
 
+def _where(e: OSError) -> str:
+    """': <file or folder>' the failed call named (the job record shows it relative to ComfyUI's folders)."""
+    names = [str(n) for n in (e.filename, e.filename2) if n]
+    return f": {' -> '.join(names)}" if names else ""
+
+
 def explained(run, job, device):
     """run() -> result; a fault becomes one clear exception (MemoryError, FloatingPointError, OSError)."""
     problem = None
@@ -56,8 +62,8 @@ def explained(run, job, device):
         elif isinstance(e, FloatingPointError):
             problem = FloatingPointError(f"{e}. Training stopped; {kept_checkpoint(job)}")
         elif isinstance(e, OSError) and e.errno in _DISK_ERRNOS:
-            problem = OSError(e.errno, f"{e.strerror or e} (disk full or not writable?). Training stopped; "
-                                       f"{kept_checkpoint(job)}")
+            problem = OSError(e.errno, f"{e.strerror or e}{_where(e)} (disk full or not writable?). Training "
+                                       f"stopped; {kept_checkpoint(job)}")
         else:
             raise
     finally:
@@ -73,6 +79,7 @@ def export_explained(export, job, device):
         return export()
     except (OSError, RuntimeError) as e:  # safetensors reports a failed write as its own (RuntimeError-like) error
         reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).strip().splitlines()[0][:300]
+        reason += _where(e) if isinstance(e, OSError) else ""
         problem = OSError(getattr(e, "errno", None) or errno.EIO,
                           f"could not write the trained files: {reason} (disk full or not writable?). Nothing was "
                           f"written; {kept_checkpoint(job)}")

@@ -302,7 +302,7 @@ class Trainer:
             # torch.save reports a failed write as a RuntimeError from its zip writer: one clear OSError instead
             reason = (e.strerror if isinstance(e, OSError) and e.strerror else str(e).strip().splitlines()[0])
             raise OSError(getattr(e, "errno", None) or errno.EIO,
-                          f"could not save the checkpoint of step {step}: {reason}") from None
+                          f"could not save the checkpoint of step {step}: {reason}", path) from None
         return path
 
     def _load_checkpoint(self, path, lora, optimizer, schedule, scaler, gen) -> int:

@@ -15,6 +15,7 @@ Norms are computed from the factors (||B_i A||^2 = B_i (A A^T) B_i^T), never fro
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 
@@ -73,6 +74,7 @@ class PairMap:
     mask_source: str  # "bundle" | "lora_up" | "" (none)
     mode: str  # the training mode if known
     blocks: list
+    problems: list = field(default_factory=list)  # what is wrong in the files (non-finite weights), by file
 
     def block(self, name: str) -> BlockSummary:
         return next(b for b in self.blocks if b.block == name)
@@ -94,11 +96,18 @@ def block_order(block: str) -> tuple:
 
 
 def column_norms(weights) -> np.ndarray:
-    """||scale * up_i @ down|| per output row i, from the factors."""
+    """||scale * up_i @ down|| per output row i, from the factors; NaN for a row touched by a non-finite value."""
     down, up = weights.down.detach().float(), weights.up.detach().float()
     gram = down @ down.T  # [r, r]
     sq = ((up @ gram) * up).sum(dim=1).clamp_min(0.0)
-    return (sq.sqrt() * abs(float(weights.scale))).cpu().numpy()
+    norms = (sq.sqrt() * abs(float(weights.scale))).cpu().numpy()
+    bad = ~torch_finite_rows(up) | (not np.isfinite(gram.sum().item())) | (not np.isfinite(float(weights.scale)))
+    norms[bad] = np.nan  # inf * 0 and friends would otherwise show a broken column as empty
+    return norms
+
+
+def torch_finite_rows(t) -> np.ndarray:
+    return t.isfinite().all(dim=1).cpu().numpy()
 
 
 def _mode_of(handle) -> str:
@@ -133,15 +142,18 @@ def pair_map(handle) -> PairMap:
     column_mode = mode in MODES and MODES[mode].column_separation
     linears: dict[str, LinearMap] = {}
     sources = set()
+    problems = []
     for role in SIDES:
         side = getattr(handle, role, None)
         if side is None:
             continue
         from_up = not side.masks and column_mode
+        bad_weights, bad_mergers = 0, 0
         for path, w in side.weights.items():
             block, tb, attn, proj = split_path(path)
             lin = linears.setdefault(path, LinearMap(path, block, tb, attn, proj, w.out_features))
             norms = column_norms(w)
+            bad_weights += int(not np.isfinite(norms).all())
             lin.column_norms[role] = norms
             if side.masks.get(path) is not None:
                 lin.masks[role] = _as_bool(side.masks[path])
@@ -151,6 +163,13 @@ def pair_map(handle) -> PairMap:
                 sources.add("lora_up")
             if side.mergers.get(path) is not None:
                 lin.mergers[role] = _as_float(side.mergers[path])
+                bad_mergers += int(not np.isfinite(lin.mergers[role]).all())
+        if bad_weights:
+            problems.append(f"{role} LoRA {os.path.basename(side.source)}: {bad_weights} of {len(side.weights)} "
+                            "linears hold NaN or infinite weights (drawn red, norms shown as nan)")
+        if bad_mergers:
+            problems.append(f"{role} mergers {os.path.basename(side.merger_source or side.source)}: {bad_mergers} "
+                            "linears have NaN or infinite mergers")
     by_block: dict[str, list] = {}
     for lin in sorted(linears.values(), key=lambda x: (block_order(x.block), x.transformer,
                                                         _ATTN_ORDER[x.attention], _PROJ_ORDER[x.projection])):
@@ -158,7 +177,7 @@ def pair_map(handle) -> PairMap:
     has_masks = bool(sources)
     blocks = [_summarise(b, lins, mode, has_masks) for b, lins in sorted(by_block.items(), key=lambda kv: block_order(kv[0]))]
     source = "bundle" if "bundle" in sources else ("lora_up" if sources else "")
-    return PairMap(handle.name, handle.kind, has_masks, source, mode, blocks)
+    return PairMap(handle.name, handle.kind, has_masks, source, mode, blocks, problems)
 
 
 def _summarise(block: str, lins: list, mode: str, has_masks: bool) -> BlockSummary:

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from .lora_formats import LoRAWeights
-from .model_card import describe_run, usage_hint
+from .model_card import prediction_metadata, describe_run, usage_hint
 from .safe_load import load_tensors
 
 CONTENT_SUFFIX = "_content.safetensors"
@@ -108,6 +108,8 @@ class RunInfo:
     images: int = 1  # how many training images (ss_dataset_dirs' img_count)
     dataset_name: str = ""  # ss_dataset_dirs' key; default: the run's name
     thumbnails: dict = field(default_factory=dict)  # {"content"|"style"|"bundle": data URI}: modelspec.thumbnail
+    prediction: str = ""  # what the base model predicts: "eps" | "v" ("" = not known, e.g. an older caller)
+    zero_terminal_snr: bool = False  # the base model's schedule ends at zero SNR (v-pred models such as NoobAI-v)
 
     def trigger(self, role: str) -> str:
         if role == "content":
@@ -140,6 +142,7 @@ def _common_metadata(info: RunInfo) -> dict[str, str]:
         "unziplora.base_model": info.base_model_name,
         "unziplora.base_model_hash": info.base_model_hash,
         "unziplora.pack_version": info.pack_version or pack_version(),
+        **prediction_metadata(info),
     }
 
 

@@ -280,7 +280,11 @@ def read_lora(source, *, unet_config: Mapping | None = None, ldm_paths=(), sourc
             raise ValueError(f"{fname}: rank mismatch at {down_key!r}: down {tuple(down.shape)}, up {tuple(up.shape)}")
         scale = 1.0
         if "alpha" in parts:
-            scale = float(parts["alpha"][1].float().item()) / down.shape[0]
+            alpha_key, alpha, _ = parts["alpha"]
+            if not isinstance(alpha, torch.Tensor) or alpha.numel() != 1:
+                n = alpha.numel() if isinstance(alpha, torch.Tensor) else type(alpha).__name__
+                raise ValueError(f"{fname}: {alpha_key!r} holds {n} values: a LoRA's alpha is one number per layer")
+            scale = float(alpha.float().item()) / down.shape[0]
         result[path] = LoRAWeights(down, up, scale, down_key)
         if label == "unziplora-official" and family != "diffusers":
             label = ""

@@ -62,3 +62,49 @@ def describe_run(info) -> dict[str, str]:
     if info.author:
         meta["modelspec.author"] = info.author
     return meta
+
+
+# What the base model predicts, in each writer's words: a LoRA trained on a v-prediction (or zero-terminal-SNR)
+# model learnt that model's target and must be used on one like it. kohya sd-scripts writes ss_v_parameterization
+# and ss_zero_terminal_snr as str() of a bool; the SAI model spec has modelspec.prediction_type ("epsilon" | "v")
+# and no key for the schedule; unziplora.* repeats both for the pack's own reader.
+_MODELSPEC_PREDICTION = {"eps": "epsilon", "v": "v"}
+PREDICTION_WORDS = {"eps": "epsilon (noise) prediction", "v": "v-prediction"}
+
+
+def prediction_metadata(info) -> dict[str, str]:
+    """The prediction-type keys of a file, when the run knows its base model's (info.prediction "eps" | "v")."""
+    if info.prediction not in _MODELSPEC_PREDICTION:
+        return {}
+    zsnr = bool(info.zero_terminal_snr)
+    return {"modelspec.prediction_type": _MODELSPEC_PREDICTION[info.prediction],
+            "ss_v_parameterization": str(info.prediction == "v"), "ss_zero_terminal_snr": str(zsnr),
+            "unziplora.prediction": info.prediction, "unziplora.zero_terminal_snr": str(zsnr).lower()}
+
+
+def _flag(value) -> bool | None:
+    text = str(value).strip().lower() if value is not None else ""
+    return True if text in ("true", "1") else False if text in ("false", "0") else None
+
+
+def prediction_of(metadata) -> tuple[str, bool | None]:
+    """("eps" | "v" | "", zero terminal SNR or None if unsaid) from a file's metadata: ours, then the model
+    spec's, then kohya's keys."""
+    metadata = metadata or {}
+    prediction = metadata.get("unziplora.prediction", "")
+    if prediction not in PREDICTION_WORDS:
+        prediction = {"epsilon": "eps", "v": "v", "v_prediction": "v"}.get(
+            str(metadata.get("modelspec.prediction_type", "")).strip().lower(), "")
+    if not prediction:
+        v = _flag(metadata.get("ss_v_parameterization"))
+        prediction = "" if v is None else "v" if v else "eps"
+    zsnr = _flag(metadata.get("unziplora.zero_terminal_snr", metadata.get("ss_zero_terminal_snr")))
+    return prediction, zsnr
+
+
+def describe_prediction(metadata) -> str:
+    """'v-prediction, zero terminal SNR' / 'epsilon (noise) prediction' / '' when the file does not say."""
+    prediction, zsnr = prediction_of(metadata)
+    if not prediction:
+        return ""
+    return PREDICTION_WORDS[prediction] + (", zero terminal SNR" if zsnr else "")

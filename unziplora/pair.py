@@ -20,6 +20,7 @@ import torch
 
 from .lora_files import Bundle, read_bundle
 from .lora_formats import LoRAState, read_lora, read_official_mergers, split_blora, validate_against
+from .model_card import describe_prediction
 from .roles import MODES
 
 SIDES = ("content", "style")
@@ -80,6 +81,20 @@ class ContentStyleHandle:
         side = getattr(self, role)
         return "" if side is None else getattr(side, what)
 
+    @property
+    def prediction(self) -> str:
+        """What the base model the pair was trained on predicts, from the files' metadata: 'v-prediction, zero
+        terminal SNR', 'epsilon (noise) prediction', 'content: ...; style: ...' when the two differ, '' unknown."""
+        if self.metadata and describe_prediction(self.metadata):
+            return describe_prediction(self.metadata)
+        said = {r: describe_prediction(getattr(self, r).weights.metadata) for r in SIDES if getattr(self, r)}
+        known = {r: d for r, d in said.items() if d}
+        if not known:
+            return ""
+        if len(set(known.values())) == 1 and len(known) == len(said):
+            return next(iter(known.values()))
+        return "; ".join(f"{r}: {said[r] or 'not said'}" for r in said)
+
     def summary(self) -> str:
         parts = []
         for role in SIDES:
@@ -87,7 +102,8 @@ class ContentStyleHandle:
             if side is not None:
                 merged = f", mergers from {os.path.basename(side.merger_source)}" if side.mergers else ""
                 parts.append(f"{role}: {os.path.basename(side.source)} ({len(side.weights)} layers{merged})")
-        return f"{self.name} [{self.kind}] " + "; ".join(parts)
+        said = f" ({self.prediction})" if self.prediction else ""
+        return f"{self.name} [{self.kind}]{said} " + "; ".join(parts)
 
 
 # ---------------------------------------------------------------------------------------------------- helpers

@@ -16,6 +16,7 @@ FG = (230, 230, 230)
 DIM = (150, 150, 160)
 # column categories; "both" is bright so the (small) overlap stands out against either side
 COLORS = {"none": (48, 48, 56), "content": (236, 134, 36), "style": (58, 128, 240), "both": (250, 236, 110)}
+BAD = (220, 30, 60)  # non-finite weights or mergers
 ROLE_COLORS = {"content": COLORS["content"], "style": COLORS["style"], "shared": (170, 170, 180), "": DIM}
 
 WIDTH = 1200
@@ -24,6 +25,7 @@ MAP_X, MAP_W = 260, 560
 MERGER_X, MERGER_W = 830, 44  # two strips of 20 px: content merger, style merger
 SUMMARY_X = 888
 MIN_ROW = 76
+MAX_SIDE = 4096  # no picture the pack draws is larger, whatever its input: a bound on memory, not on taste
 
 
 def font(size: int):
@@ -65,10 +67,13 @@ def mask_colors(lin) -> np.ndarray:
 def norm_colors(lin, scale: dict) -> np.ndarray:
     """[out, 3]: content's column delta norms in orange plus style's in blue (no masks: norms are all there is)."""
     rgb = np.tile(np.array(COLORS["none"], dtype=np.float64), (lin.out_features, 1))
+    bad = np.zeros(lin.out_features, dtype=bool)
     for side in SIDES:
         n = lin.column_norms.get(side)
         if n is not None and scale.get(side):
-            rgb += np.clip(n / scale[side], 0, 1)[:, None] * np.array(COLORS[side], dtype=np.float64)
+            bad |= ~np.isfinite(n)
+            rgb += np.clip(np.nan_to_num(n / scale[side], nan=0.0, posinf=1.0), 0, 1)[:, None] * np.array(COLORS[side], dtype=np.float64)
+    rgb[bad] = BAD
     return np.clip(rgb, 0, 255)
 
 
@@ -77,8 +82,10 @@ def _norm_scale(block) -> dict:
     out = {}
     for side in SIDES:
         vals = [lin.column_norms[side] for lin in block.linears if side in lin.column_norms]
-        if vals:
-            out[side] = float(np.percentile(np.concatenate(vals), 99)) or 1.0
+        vals = np.concatenate(vals) if vals else np.zeros(0)
+        vals = vals[np.isfinite(vals)]
+        if vals.size:
+            out[side] = float(np.percentile(vals, 99)) or 1.0
     return out
 
 
@@ -88,6 +95,8 @@ def _row_height(n_linears: int) -> tuple[int, int]:
 
 
 def _num(v: float) -> str:
+    if not np.isfinite(v):
+        return "nan" if np.isnan(v) else "inf"
     return f"{v:.0f}" if v >= 1000 else f"{v:.3g}"  # never "1.53e+03" next to "841"
 
 
@@ -95,10 +104,16 @@ def _pct(x) -> str:
     return "-" if x is None else f"{100 * x:.0f}%"
 
 
+def check_size(what: str, width: int, height: int) -> None:
+    if width > MAX_SIDE or height > MAX_SIDE:
+        raise ValueError(f"{what} would be {width} x {height} px: at most {MAX_SIDE} px a side is drawn")
+
+
 def render_pair_map(pm: PairMap) -> Image.Image:
     rows = [(b, *_row_height(len(b.linears))) for b in pm.blocks]
-    header_h = 150
+    header_h = 150 + 22 * len(pm.problems)
     height = header_h + sum(h + 6 for _, _, h in rows) + 16
+    check_size(f"the map of {pm.name} ({len(pm.blocks)} blocks)", WIDTH, height)
     img = Image.new("RGB", (WIDTH, height), BG)
     d = ImageDraw.Draw(img)
     f_title, f_text, f_small = font(26), font(20), font(17)
@@ -106,28 +121,31 @@ def render_pair_map(pm: PairMap) -> Image.Image:
               "": "no masks: delta norms only"}[pm.mask_source]
     mode = f" · mode {pm.mode}" if pm.mode else ""
     d.text((12, 10), f"UnZipLoRA Inspect: {pm.name} [{pm.kind}]{mode} · {source}", fill=FG, font=f_title)
+    for k, problem in enumerate(pm.problems):
+        d.text((12, 48 + 22 * k), problem, fill=BAD, font=f_small)
+    off = 22 * len(pm.problems)
     x = 12
     if pm.has_masks:
         legend = [("content", "content only"), ("style", "style only"), ("both", "both (overlap)"), ("none", "neither")]
         for key, text in legend:
-            d.rectangle((x, 52, x + 22, 72), fill=COLORS[key])
-            d.text((x + 30, 51), text, fill=FG, font=f_text)
+            d.rectangle((x, 52 + off, x + 22, 72 + off), fill=COLORS[key])
+            d.text((x + 30, 51 + off), text, fill=FG, font=f_text)
             x += 46 + int(d.textlength(text, font=f_text))
     else:
         for side in SIDES:
-            d.rectangle((x, 52, x + 22, 72), fill=COLORS[side])
+            d.rectangle((x, 52 + off, x + 22, 72 + off), fill=COLORS[side])
             text = f"{side}: brighter = larger delta per column"
-            d.text((x + 30, 51), text, fill=FG, font=f_text)
+            d.text((x + 30, 51 + off), text, fill=FG, font=f_text)
             x += 46 + int(d.textlength(text, font=f_text))
-    d.text((12, 84), "rows in UNet order; in each, one line per linear: attn1 q k v out, attn2 q k v out, "
+    d.text((12, 84 + off), "rows in UNet order; in each, one line per linear: attn1 q k v out, attn2 q k v out, "
                      "per transformer block. x = output column.", fill=DIM, font=f_small)
-    d.text((12, 106), "merger strips: mean merger on held columns (c | s, bright = 1). ||BA|| bars share one scale.",
+    d.text((12, 106 + off), "merger strips: mean merger on held columns (c | s, bright = 1). ||BA|| bars share one scale.",
            fill=DIM, font=f_small)
-    d.text((12, 126), "block · role", fill=DIM, font=f_small)
-    d.text((MAP_X, 126), "output columns", fill=DIM, font=f_small)
-    d.text((MERGER_X, 126), "m c|s", fill=DIM, font=f_small)
-    d.text((SUMMARY_X, 126), "kept c / s · overlap", fill=DIM, font=f_small)
-    top_norm = max([v for b in pm.blocks for v in b.delta_norm.values()] + [1e-12])
+    d.text((12, 126 + off), "block · role", fill=DIM, font=f_small)
+    d.text((MAP_X, 126 + off), "output columns", fill=DIM, font=f_small)
+    d.text((MERGER_X, 126 + off), "m c|s", fill=DIM, font=f_small)
+    d.text((SUMMARY_X, 126 + off), "kept c / s · overlap", fill=DIM, font=f_small)
+    top_norm = max([v for b in pm.blocks for v in b.delta_norm.values() if np.isfinite(v)] + [1e-12])
     pixels = np.asarray(img).copy()
     y = header_h
     for block, lh, h in rows:
@@ -140,7 +158,8 @@ def render_pair_map(pm: PairMap) -> Image.Image:
             for k, side in enumerate(SIDES):
                 m = merger_on(lin, side)
                 if m is not None:
-                    color = (np.array(COLORS[side], dtype=np.float64) * (0.15 + 0.85 * np.clip(m, 0, 1))).astype(np.uint8)
+                    color = (np.array(BAD) if not np.isfinite(m) else
+                             np.array(COLORS[side], dtype=np.float64) * (0.15 + 0.85 * np.clip(m, 0, 1))).astype(np.uint8)
                     xs = MERGER_X + k * 22
                     pixels[y0:y0 + lh, xs:xs + 20] = color
         y += h + 6
@@ -159,7 +178,7 @@ def render_pair_map(pm: PairMap) -> Image.Image:
         norms = " / ".join(_num(block.delta_norm[s]) if s in block.delta_norm else "-" for s in SIDES)
         d.text((SUMMARY_X, y + 26), f"||BA|| {norms}", fill=FG, font=f_small)
         for k, side in enumerate(SIDES):
-            if side in block.delta_norm:
+            if side in block.delta_norm and np.isfinite(block.delta_norm[side]):
                 length = int(round((WIDTH - SUMMARY_X - 16) * block.delta_norm[side] / top_norm))
                 yb = y + 50 + k * 10
                 d.rectangle((SUMMARY_X, yb, SUMMARY_X + max(length, 1), yb + 7), fill=COLORS[side])
@@ -177,6 +196,7 @@ def render_table(title: str, headers: list[str], rows: list[list[str]], best: in
     width = int(max(sum(widths) + 24, probe.textlength(title, font=f_title) + 24, probe.textlength(note, font=f_text) + 24))
     row_h = 32
     height = 52 + row_h * (len(rows) + 1) + (34 if note else 10)
+    check_size("the score table", width, height)
     img = Image.new("RGB", (width, height), BG)
     d = ImageDraw.Draw(img)
     d.text((12, 10), title, fill=FG, font=f_title)
