@@ -20,6 +20,7 @@ from . import faults
 from .export import export_run, output_names
 from .jobs import JobContext, JobManager, JobRecord
 from .loop import Trainer, TrainInputs
+from .model_copy import release_copy
 from .previews import PreviewRenderer
 from .vram import VramReservation
 
@@ -160,7 +161,9 @@ class TrainingService:
                     reservation.release()
                     ctx.job.info.update(gpu_peak_allocated=reservation.peak_allocated,
                                         gpu_peak_reserved=reservation.peak_reserved)
-                inputs.unet.to("cpu")
+                if device.type != "cpu":
+                    # frees the card; a move back to the CPU would be a full host copy of the UNet at the end
+                    release_copy(inputs.unet)
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
             return faults.export_explained(
