@@ -56,6 +56,18 @@ def copy_plan(model_patcher, config: TrainConfig, device: torch.device) -> tuple
     return (device if device.type == "cuda" else torch.device("cpu")), dtype
 
 
+def make_room(model_patcher, device: torch.device, dtype: torch.dtype) -> None:
+    """Before the copy is made on a card: ask ComfyUI to unload what it can for the copy's weights and the job's
+    headroom (queue thread: the only place model management may be touched)."""
+    if device.type != "cuda":
+        return
+    import comfy.model_management as mm
+
+    params = sum(p.numel() for p in model_patcher.model.diffusion_model.parameters())
+    mm.free_memory(params * (torch.finfo(dtype).bits // 8) * 3, device)  # weights + activations/optimiser
+    mm.soft_empty_cache()
+
+
 def host_estimate(model_patcher, config: TrainConfig, copy_device: torch.device, dtype: torch.dtype,
                   targets) -> host_ram.HostEstimate:
     live = model_patcher.model.diffusion_model
@@ -96,6 +108,7 @@ def prepare_inputs(model_patcher, clip, vae, image: torch.Tensor, prompt: str, c
     adm = _plain(time_ids_adm(model_patcher.model, streams.pooled, config.resolution))
     streams = PromptStreams(*(_plain(t) for t in (streams.x, streams.x_c, streams.x_s, streams.pooled)))
     posteriors = LatentPosteriors(_plain(posteriors.mean), _plain(posteriors.std))
+    make_room(model_patcher, copy_device, copy_dtype)
     t0 = time.monotonic()
     unet, fp = private_unet_copy(model_patcher, dtype=copy_dtype, device=copy_device)
     copy_s = time.monotonic() - t0
