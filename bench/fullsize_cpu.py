@@ -10,9 +10,9 @@ PASS|FAIL`:
               ~/.cache/unziplora-dev/fullsize/ (generated once, under host a's ComfyUI, where the generator works)
   server      ComfyUI at $COMFYUI_DIR with this pack, API only
   stock       KSampler, --sample-size px, 2 steps
-  train       UnZipLoRATrain, paper mode, rank 64, bf16, --res px, --steps steps, a checkpoint and a preview every
-              2 steps, with a stock prompt queued beside it once the job has begun
-  resume      the same job cancelled after its first checkpoint, resumed from the panel's route, finished
+  train       UnZipLoRATrain, paper mode, rank 64, bf16, --res px, --steps (4) steps, a checkpoint every step and a
+              preview (1 sampling step) every 2, with a stock prompt queued beside it once the job has begun
+  resume      the same job cancelled once its first preview is out, resumed from the panel's route, finished
   loras       KSampler through stock LoraLoader (content, then style)
   pair        UnZipLoRALoader -> UnZipLoRAApply(both) -> UnZipLoRAPrompts -> KSampler
   inspect     UnZipLoRAInspect on the pair
@@ -183,7 +183,8 @@ def run(args) -> dict:
         stage("server", True, f"ComfyUI {result['comfyui']}, up in {server.start_s:.0f} s")
         try:
             _stages(args, server, ckpt.name, stage, result, sampler)
-        except Exception as e:  # noqa: BLE001 -- a timeout or a refused prompt fails its stage
+        except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001 -- a timeout, a refused prompt or ^C (the
+            # caller's time limit) fails its stage; the stages before it are still reported
             current = next(n for n in STAGES if n not in result["stages"])
             stage(current, False, f"{type(e).__name__}: {str(e)[:1500]}")
     finally:
@@ -193,6 +194,9 @@ def run(args) -> dict:
         (work / "comfyui.log").write_text(log)
         result["log"] = str(work / "comfyui.log")
         result["server_peak_rss_gb"] = round(sampler.peak() / GB, 2)
+        if result.get("job_started_at"):  # also when a later stage failed or ran out of time
+            result["job_added_host_gb"] = round(
+                (sampler.peak(since=result["job_started_at"]) - result["rss_before_job_gb"] * GB) / GB, 2)
         result["rss_timeline_gb"] = [(round(t - t0), round(v / GB, 2)) for t, v in sampler.samples[::10]]
     result["pass"] = all(v["pass"] for v in result["stages"].values()) and len(result["stages"]) == len(STAGES)
     result["total_s"] = round(time.time() - t0, 1)
@@ -212,10 +216,11 @@ def _stages(args, server, ckpt, stage, result, sampler):
 
     info = client.object_info("UnZipLoRATrain")
     graph = train_graph(info, ckpt, dict(steps=args.steps, rank=args.rank, resolution=args.res))
-    graph["3"]["inputs"].update(name="fullsize", precision="bf16", checkpoint_every=2, preview_every=2,
-                                preview_steps=2, selections=min(3, args.steps))
+    graph["3"]["inputs"].update(name="fullsize", precision="bf16", checkpoint_every=1, preview_every=2,
+                                preview_steps=1, selections=min(3, args.steps))
     before = sampler.rss()
     t_job = time.time()
+    result.update(job_started_at=t_job, rss_before_job_gb=round(before / GB, 2))
     h = wait_prompt(client, client.queue(graph, extra_data={}), timeout)
     ok, err = prompt_ok(h)
     result["train_prompt_s"] = round(time.time() - t_job, 1)
@@ -227,18 +232,18 @@ def _stages(args, server, ckpt, stage, result, sampler):
     beside = client.queue(sample_graph(ckpt, args.sample_size, 2, 2, prefix="beside"))
     beside_ok, beside_err = prompt_ok(wait_prompt(client, beside, timeout))
     beside_step = client.get_json(f"/unziplora/jobs/{job_id}")["step"]
-    # cancel once the first checkpoint (step 2) is written, then resume from it
+    # cancel once the first preview (step 2) is shown and a checkpoint written, then resume from the checkpoint
     end = time.time() + timeout
     while time.time() < end:
         job = client.get_json(f"/unziplora/jobs/{job_id}")
-        if job.get("checkpoint") or job["state"] not in ("queued", "running"):
+        if (job.get("checkpoint") and job.get("previews")) or job["state"] not in ("queued", "running"):
             break
         time.sleep(1)
     previews = len(job.get("previews") or [])
     i = job.get("info", {})
     result.update(copy_s=i.get("copy_s"), copy_dtype=i.get("copy_dtype"), beside_ok=beside_ok,
                   beside_at_step=beside_step, s_per_step=round(1 / job["it_per_s"], 1) if job.get("it_per_s") else None)
-    ok = job["state"] == "running" and bool(job.get("checkpoint")) and beside_ok
+    ok = job["state"] == "running" and bool(job.get("checkpoint")) and previews > 0 and beside_ok
     stage("train", ok, f"job {job['state']} {job.get('error') or ''} at step {job['step']}, checkpoint "
                        f"{Path(job.get('checkpoint') or '-').name}, {previews} preview(s), s/step "
                        f"{result['s_per_step']}, copy {i.get('copy_s')} s ({i.get('copy_dtype')}); prompt beside: "
@@ -259,8 +264,6 @@ def _stages(args, server, ckpt, stage, result, sampler):
     new_id = h["outputs"]["3"]["unziplora_job"][0]
     done = wait_job(client, new_id, timeout)
     result["job_wall_s"] = round(time.time() - t_job, 1)
-    result["job_added_host_gb"] = round((sampler.peak(since=t_job) - before) / GB, 2)
-    result["rss_before_job_gb"] = round(before / GB, 2)
     if done.get("it_per_s"):
         result["s_per_step_resumed"] = round(1 / done["it_per_s"], 1)
     stage("resume", done["state"] == "done" and done.get("resumed_from") == job_id,
