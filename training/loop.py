@@ -56,9 +56,18 @@ class RunResult:
     losses: list
 
 
-def pick_precision(config: TrainConfig, device: torch.device) -> tuple[torch.dtype, bool]:
-    """(compute dtype, use a loss scaler). bf16 autocast where supported, fp16 + scaling on other GPUs, fp32 on CPU."""
-    if config.precision == "fp32" or device.type == "cpu":
+def pick_precision(config: TrainConfig, device: torch.device,
+                   weight_dtype: torch.dtype | None = None) -> tuple[torch.dtype, bool]:
+    """(compute dtype, use a loss scaler). bf16 autocast where supported, fp16 + scaling on other GPUs.
+
+    On the CPU: bf16 when asked for, or on auto when the model's weights are bf16 already (ComfyUI
+    --bf16-unet); fp32 otherwise. The frozen UNet is held in the compute dtype, so fp32 on a bf16 model would
+    double its host RAM (full-size SDXL: 5.1 -> 10.3 GB), which is what killed the first full-size CPU run."""
+    if config.precision == "fp32":
+        return torch.float32, False
+    if device.type == "cpu":
+        if config.precision == "bf16" or (config.precision == "auto" and weight_dtype == torch.bfloat16):
+            return torch.bfloat16, False
         return torch.float32, False
     if config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()):
         return torch.bfloat16, False
@@ -91,6 +100,15 @@ def make_optimizer(lora: ContentStyleLoRA, config: TrainConfig, device: torch.de
     # CUDA: one fused kernel family for all factors; elsewhere the multi-tensor (foreach) path. Same maths.
     impl = {"fused": True} if device.type == "cuda" else {"foreach": True}
     return torch.optim.AdamW(param_groups, **kwargs, **impl), "adamw"
+
+
+def weight_dtype_of(module: torch.nn.Module) -> torch.dtype | None:
+    """The dtype most of a module's floating-point weight bytes are stored in (None: no such weights)."""
+    sizes: dict = {}
+    for p in module.parameters():
+        if p.is_floating_point():
+            sizes[p.dtype] = sizes.get(p.dtype, 0) + p.numel()
+    return max(sizes, key=sizes.get) if sizes else None
 
 
 def move_module(module: torch.nn.Module, device: torch.device, dtype: torch.dtype | None = None) -> None:
@@ -144,7 +162,7 @@ class Trainer:
         self.device = torch.device(device)
         self.checkpoint_dir = checkpoint_dir
         self.mode = get_mode(config.mode)
-        self.dtype, self.use_scaler = pick_precision(self.config, self.device)
+        self.dtype, self.use_scaler = pick_precision(self.config, self.device, weight_dtype_of(inputs.unet))
         self.objective = inputs.objective or sdxl_default()
         # step factors per group of alike linears (ContentStyleLoRA.step_factors); False for A/B benchmarks
         self.group_step_factors = True

@@ -96,17 +96,22 @@ def _live_tensors(model_patcher):
     return model_patcher.model.diffusion_model.state_dict(keep_vars=True).items()
 
 
-def _fresh(model_patcher, name: str, tensor: torch.Tensor, patches: dict) -> torch.Tensor:
-    """One weight as a new CPU tensor outside inference mode, with its graph-side patches folded in."""
+def _fresh(model_patcher, name: str, tensor: torch.Tensor, patches: dict, device=None,
+           dtype: torch.dtype | None = None) -> torch.Tensor:
+    """One weight as a new tensor outside inference mode, with its graph-side patches folded in, on `device`
+    (default: the CPU) in `dtype` (floating-point weights only; default: as stored). Each weight goes straight
+    from the live model to where it will be trained, so no second full copy exists on the host at any time."""
     import comfy.lora
 
     key = PREFIX + name
     src = _original_weight(model_patcher, key, tensor).detach()
+    device = torch.device("cpu") if device is None else torch.device(device)
+    want = dtype if (dtype is not None and src.is_floating_point()) else src.dtype
     if key in patches:
-        w = src.to("cpu", torch.float32, copy=True)
+        w = src.to(device, torch.float32, copy=True)
         w = comfy.lora.calculate_weight(patches[key], w, key)
-        return w.to(src.dtype)
-    return src.to("cpu", copy=True)
+        return w.to(want)
+    return src.to(device, want, copy=True)
 
 
 def _assign(module: torch.nn.Module, name: str, value: torch.Tensor) -> None:
@@ -121,30 +126,48 @@ def _assign(module: torch.nn.Module, name: str, value: torch.Tensor) -> None:
                        "match its own config")
 
 
-def private_unet_copy(model_patcher, dtype: torch.dtype | None = None) -> tuple[torch.nn.Module, str]:
-    """(a trainable copy of the diffusion model on the CPU, its fingerprint), sharing nothing with the live
-    module tree but the numbers."""
+def private_unet_copy(model_patcher, dtype: torch.dtype | None = None,
+                      device: torch.device | str | None = None) -> tuple[torch.nn.Module, str]:
+    """(a trainable copy of the diffusion model, its fingerprint), sharing nothing with the live module tree but
+    the numbers. Built weight by weight on `device` (default: the CPU) in `dtype` (default: as stored), so it
+    costs the copy's own bytes there and never a full host copy on the way (nor a second one for a cast).
+    The fingerprint is of the weights as the model holds them, whatever dtype the copy takes."""
     patches = getattr(model_patcher, "patches", {}) or {}
+    patched = {k[len(PREFIX):] for k in patches if k.startswith(PREFIX)}
     with torch.inference_mode(False), torch.no_grad():
         unet = build_unet(model_patcher)
         expected = set(unet.state_dict(keep_vars=True))
-        seen = set()
+        sampled = set(sorted(expected)[:: max(1, len(expected) // 16)]) | (patched & expected)
+        shapes, samples = {}, {}
         for name, tensor in _live_tensors(model_patcher):
-            _assign(unet, name, _fresh(model_patcher, name, tensor, patches))
-            seen.add(name)
-        missing = sorted(expected - seen)
+            if name in patched:  # the fingerprint reads the weight as patched, before any cast
+                value = _fresh(model_patcher, name, tensor, patches, device)
+                if name in sampled:
+                    samples[name] = _fingerprint_sample(value)
+                if dtype is not None and value.is_floating_point():
+                    value = value.to(dtype)
+            else:  # ... and unpatched ones at the source, without reading back from the copy's device
+                if name in sampled:
+                    samples[name] = _fingerprint_sample(_original_weight(model_patcher, PREFIX + name, tensor))
+                value = _fresh(model_patcher, name, tensor, patches, device, dtype)
+            _assign(unet, name, value)
+            shapes[name] = tuple(value.shape)
+        missing = sorted(expected - set(shapes))
         if missing:
             raise ValueError(f"model lacks {len(missing)} weights its config implies (e.g. {missing[0]}): "
                              "the checkpoint does not match its own unet_config")
-        state = unet.state_dict()
-        patched = [k[len(PREFIX):] for k in patches if k.startswith(PREFIX)]
-        fp = fingerprint(state, [k for k in patched if k in state])
+        fp = _fingerprint_of(shapes, samples)
         as_plain_torch_layers(unet)
-        if dtype is not None:
-            unet.to(dtype)
     unet.requires_grad_(False)
     unet.train(False)
     return unet, fp
+
+
+def release_copy(unet: torch.nn.Module) -> None:
+    """Free a private copy's weights wherever they are (they become meta tensors: shapes only). For the end of
+    a job on a card, where moving the copy back to the CPU would cost a full host copy."""
+    with torch.no_grad():
+        unet.to("meta")
 
 
 def patched_unet_state_dict(model_patcher) -> dict[str, torch.Tensor]:
@@ -155,17 +178,26 @@ def patched_unet_state_dict(model_patcher) -> dict[str, torch.Tensor]:
         return {name: _fresh(model_patcher, name, t, patches) for name, t in _live_tensors(model_patcher)}
 
 
+def _fingerprint_sample(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().flatten()[:4096].to("cpu", torch.float32, copy=True).contiguous()
+
+
+def _fingerprint_of(shapes: dict[str, tuple], samples: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(shapes):
+        h.update(f"{name}:{shapes[name]};".encode())
+    for name in sorted(samples):
+        h.update(samples[name].numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 def fingerprint(state_dict: dict[str, torch.Tensor], also: list[str] = ()) -> str:
     """A cheap identity for a base model: shapes of all tensors and a sample of some of them (every 16th name,
     plus `also`: the weights that graph-side patches changed)."""
-    h = hashlib.sha256()
     names = sorted(state_dict)
-    for name in names:
-        h.update(f"{name}:{tuple(state_dict[name].shape)};".encode())
-    for name in sorted(set(names[:: max(1, len(names) // 16)]) | set(also)):
-        sample = state_dict[name].flatten()[:4096].to(torch.float32).contiguous()
-        h.update(sample.numpy().tobytes())
-    return h.hexdigest()[:16]
+    sampled = set(names[:: max(1, len(names) // 16)]) | set(also)
+    return _fingerprint_of({n: tuple(state_dict[n].shape) for n in names},
+                           {n: _fingerprint_sample(state_dict[n]) for n in sampled})
 
 
 def as_plain_torch_layers(module: torch.nn.Module) -> int:

@@ -6,6 +6,8 @@ may be changed or freed by the queue at any moment after the node returns.
 
 from __future__ import annotations
 
+import time
+
 import torch
 
 from ..unziplora.kv_patch import sdxl_y
@@ -13,7 +15,8 @@ from ..unziplora.roles import get_mode
 from ..unziplora.targets import find_targets
 from .config import TrainConfig
 from .data import LatentPosteriors, PromptStreams, encode_posteriors, encode_prompts
-from .loop import TrainInputs
+from . import host_ram
+from .loop import TrainInputs, pick_precision, weight_dtype_of
 from .model_copy import private_unet_copy
 from .objective import from_model as objective_of
 from .previews import PreviewInputs, private_decoder
@@ -45,14 +48,57 @@ def _plain(t: torch.Tensor) -> torch.Tensor:
         return t.clone()
 
 
+def copy_plan(model_patcher, config: TrainConfig, device: torch.device) -> tuple[torch.device, torch.dtype]:
+    """(where the private copy is made, its dtype): the dtype the job computes in, so the job never casts the
+    whole copy; on a CUDA card directly there, weight by weight, so no full copy ever sits in host RAM."""
+    live = model_patcher.model.diffusion_model
+    dtype, _ = pick_precision(config, device, weight_dtype_of(live))
+    return (device if device.type == "cuda" else torch.device("cpu")), dtype
+
+
+def make_room(model_patcher, device: torch.device, dtype: torch.dtype) -> None:
+    """Before the copy is made on a card: ask ComfyUI to unload what it can for the copy's weights and the job's
+    headroom (queue thread: the only place model management may be touched)."""
+    if device.type != "cuda":
+        return
+    import comfy.model_management as mm
+
+    params = sum(p.numel() for p in model_patcher.model.diffusion_model.parameters())
+    mm.free_memory(params * (torch.finfo(dtype).bits // 8) * 3, device)  # weights + activations/optimiser
+    mm.soft_empty_cache()
+
+
+def host_estimate(model_patcher, config: TrainConfig, copy_device: torch.device, dtype: torch.dtype,
+                  targets) -> host_ram.HostEstimate:
+    live = model_patcher.model.diffusion_model
+    params = sum(p.numel() for p in live.parameters())
+    largest = max((p.numel() for p in live.parameters()), default=0)
+    optimizer = "adamw_bf16" if config.optimizer in ("adamw_bf16", "low_memory") else "adamw"
+    on_host = copy_device.type == "cpu"
+    checkpointing = config.gradient_checkpointing in ("on", "selective") or (
+        config.gradient_checkpointing == "auto" and not on_host)
+    return host_ram.estimate(params, largest, dtype, host_ram.lora_parameters(targets, get_mode(config.mode)
+                             .for_targets(targets), config.rank), optimizer, config.resolution, on_host,
+                             checkpointing)
+
+
 def prepare_inputs(model_patcher, clip, vae, image: torch.Tensor, prompt: str, content_prompt: str,
-                   style_prompt: str, config: TrainConfig) -> TrainInputs:
+                   style_prompt: str, config: TrainConfig, device: torch.device | str | None = None) -> TrainInputs:
+    """device: where the job will train (default: ComfyUI's device)."""
     config.validate()
     check_sdxl(model_patcher)
     # both fail here, on the node, rather than in the job: a sampling type the trainer has no target for, and a
     # mode whose blocks this model lacks (SSD-1B, Vega, KOALA have fewer)
     objective = objective_of(model_patcher)
-    get_mode(config.mode).for_targets(find_targets(model_patcher))
+    targets = find_targets(model_patcher)
+    get_mode(config.mode).for_targets(targets)
+    if device is None:
+        from .service import default_device
+
+        device = default_device()
+    copy_device, copy_dtype = copy_plan(model_patcher, config, torch.device(device))
+    # before anything is encoded or copied: a job the host cannot hold would get ComfyUI killed by the kernel
+    host_ram.check(host_estimate(model_patcher, config, copy_device, copy_dtype, targets), torch.device(device))
     if clip is None:
         raise ValueError("clip is missing: connect the checkpoint's CLIP so the three prompts can be encoded")
     if vae is None:
@@ -62,7 +108,10 @@ def prepare_inputs(model_patcher, clip, vae, image: torch.Tensor, prompt: str, c
     adm = _plain(time_ids_adm(model_patcher.model, streams.pooled, config.resolution))
     streams = PromptStreams(*(_plain(t) for t in (streams.x, streams.x_c, streams.x_s, streams.pooled)))
     posteriors = LatentPosteriors(_plain(posteriors.mean), _plain(posteriors.std))
-    unet, fp = private_unet_copy(model_patcher)
+    make_room(model_patcher, copy_device, copy_dtype)
+    t0 = time.monotonic()
+    unet, fp = private_unet_copy(model_patcher, dtype=copy_dtype, device=copy_device)
+    copy_s = time.monotonic() - t0
     preview = None
     if config.preview_every:
         neg, neg_pooled = clip.encode_from_tokens(clip.tokenize(""), return_pooled=True)
@@ -75,7 +124,9 @@ def prepare_inputs(model_patcher, clip, vae, image: torch.Tensor, prompt: str, c
                                 decode=private_decoder(vae, model_patcher.model.latent_format),
                                 content_adm=own_adm["content"], style_adm=own_adm["style"])
     info = {"prompt": prompt, "content_prompt": content_prompt, "style_prompt": style_prompt,
-            "images": int(posteriors.mean.shape[0]), "prediction": objective.describe()}
+            "images": int(posteriors.mean.shape[0]), "prediction": objective.describe(),
+            "copy_s": round(copy_s, 1), "copy_dtype": str(copy_dtype).replace("torch.", ""),
+            "copy_device": str(copy_device)}
     return TrainInputs(unet=unet, streams=streams, posteriors=posteriors, adm=adm, base_fingerprint=fp, info=info,
                        preview=preview, thumbnail=small_image(image), objective=objective)
 

@@ -20,6 +20,7 @@ from . import faults
 from .export import export_run, output_names
 from .jobs import JobContext, JobManager, JobRecord
 from .loop import Trainer, TrainInputs
+from .model_copy import release_copy
 from .previews import PreviewRenderer
 from .vram import VramReservation
 
@@ -170,7 +171,9 @@ class TrainingService:
                         ctx.job.info.update(gpu_headroom_base=reservation.headroom_base,
                                             gpu_headroom_peak=reservation.headroom_peak,
                                             gpu_headroom_after=reservation.headroom.get())
-                inputs.unet.to("cpu")
+                if device.type != "cpu":
+                    # frees the card; a move back to the CPU would be a full host copy of the UNet at the end
+                    release_copy(inputs.unet)
                 if device.type == "cuda":
                     torch.cuda.empty_cache()  # the job thread's current device is the job's (device_context)
             return faults.export_explained(
