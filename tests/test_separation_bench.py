@@ -160,6 +160,20 @@ def test_unnamed_toy_study_runs_the_whole_path_and_resumes(tmp_path):
     again = cli_unnamed.main(args, log=lambda *a: None)
     assert {p: p.stat().st_mtime_ns for p in folder.rglob("*.json") if p in stamps} == stamps
     assert again["units"] == units
+    # the extra row: M3 with block roles from the diagnostic trains with those roles (relaxed = every column kept)
+    from bench.separation import presets_unnamed, study
+
+    from unziplora_pack.unziplora.roles import MODES as PACK_MODES
+
+    study.register_diag_mode({"output_blocks.1.1": "content", "output_blocks.0.1": "style"})
+    try:
+        s = study.Study(presets_unnamed.PRESETS["toy"], tmp_path / "cache", log=lambda *a: None)
+        s.unit(study.DIAG, cli_unnamed.subject_order(1)[0], 0)
+        kept = s.train(study.DIAG, cli_unnamed.subject_order(1)[0], 0)["kept"]
+    finally:  # the pack's mode table is shared by every test in this process
+        PACK_MODES.pop(study.DIAG, None)
+    assert kept["content"]["output_blocks.1.1"] == 1.0 and kept["style"]["output_blocks.0.1"] == 1.0
+    assert kept["content"]["output_blocks.0.1"] < 1.0 and kept["style"]["output_blocks.1.1"] < 1.0
     md = tmp_path / "RESULTS.md"
     md.write_text("# Benchmark results\n\n## Other helper\n\nkeep me\n")
     text = cli_unnamed.section({**result, "seconds": 1.0}, "cmd", __import__(

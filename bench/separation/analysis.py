@@ -48,6 +48,12 @@ CLAIMS = (
 )
 
 
+EXTRA = (
+    ("C8d", "block separation with the diagnostic's roles adds to column separation (M2)", "recontext",
+     "unziplora_diag", "column", 1, True),
+)
+
+
 def unit_metrics(rec: dict) -> dict:
     """Rates of one unit (fractions of its sampled images); unreadable images count as failures."""
     S, T = W.SHAPES.index(rec["subject"][0]), W.STYLES.index(rec["subject"][1])
@@ -101,16 +107,21 @@ def recreate_gates(units: dict, arms) -> dict:
     return out
 
 
-def claims(units: dict, gates: dict, recreate: dict) -> dict:
+def claims(units: dict, gates: dict, recreate: dict, family=CLAIMS) -> dict:
+    """The family's claims judged together (Holm over the testable ones)."""
     base_ok = all(gates[k]["pass"] for k in ("classifiers", "composition", "prior"))
     comps, dirs, testable = {}, {}, {}
-    for cid, _text, key, a, b, direction, needs_blocks in CLAIMS:
+    for cid, _text, key, a, b, direction, needs_blocks in family:
         comps[cid] = stats.compare(metric(units, a, key), metric(units, b, key))
         dirs[cid] = direction
         gate_of = lambda arm: recreate.get("naive" if arm.startswith("naive_") else arm, {}).get("pass", False)  # noqa: E731
         ok = base_ok and gate_of(a) and gate_of(b) and comps[cid]["subjects"] >= 2
         testable[cid] = ok and (gates["blocks"]["pass"] if needs_blocks else True)
     return stats.judge(comps, dirs, testable)
+
+
+def extra_claims(units: dict, gates: dict, recreate: dict) -> dict:
+    return claims(units, gates, recreate, EXTRA)
 
 
 def _ci(m, lo, hi) -> str:
@@ -170,9 +181,9 @@ def rates_table(units: dict, arms) -> str:
     return "\n".join(rows)
 
 
-def claims_table(judged: dict) -> str:
+def claims_table(judged: dict, family=CLAIMS) -> str:
     rows = ["| id | claim | Δ [95 % CI] (a − b) | subjects | p (Holm) | verdict |", "|---|---|---|---|---|---|"]
-    for cid, text, key, a, b, _d, _nb in CLAIMS:
+    for cid, text, key, a, b, _d, _nb in family:
         r = judged[cid]
         p = "–" if math.isnan(r["p_holm"]) else f"{r['p_holm']:.3g}"
         rows.append(f"| {cid} | {text} ({key}: {a} − {b}) | {_ci(r['delta'], r['low'], r['high'])} | {r['subjects']} | "

@@ -36,6 +36,9 @@ def build(argv=None) -> argparse.ArgumentParser:
     ap.add_argument("--minutes", type=float, default=None, help="stop starting new units after this long")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-gates", action="store_true", help="skip the base-model gates (they are cached once run)")
+    ap.add_argument("--base-file", type=Path, default=None,
+                    help="base weights to use instead of the cached base (a pilot on a partial checkpoint); units "
+                         "go to a folder of their own")
     ap.add_argument("--report", action="store_true", help="only print the tables from the cached units")
     ap.add_argument("--write-results", action="store_true", help="replace this study's section of bench/RESULTS.md")
     return ap
@@ -59,17 +62,23 @@ def main(argv=None, log=print) -> dict:
     preset = PRESETS[args.preset]
     cache = Path(args.cache) if args.cache else cache_dir()
     t0 = time.time()
-    study = Study(preset, cache, log)
+    study = Study(preset, cache, log, base_file=args.base_file)
     gates = {"classifiers": G.classifier_gate(study.acc)}
     if not args.no_gates or args.report:
         gates = G.all_gates(study)
         log(f"[gates] classifiers {gates['classifiers']['pass']}, composition {gates['composition']['pass']}, "
             f"prior {gates['prior']['pass']}, blocks {gates['blocks']['pass']}")
+    arms = tuple(args.arms)
+    if gates.get("blocks", {}).get("pass"):  # blocks specialise: M3 with the diagnostic's roles as an extra row
+        from .study import DIAG, register_diag_mode
+
+        register_diag_mode(gates["blocks"]["roles"])
+        arms += (DIAG,)
     seeds = tuple(args.seeds) if args.seeds else preset["seeds"]
     subjects = subject_order(args.subjects or preset["subjects"])
     if not args.report:
         deadline = None if args.minutes is None else t0 + args.minutes * 60
-        study.run(subjects, seeds, tuple(args.arms), deadline)
+        study.run(subjects, seeds, arms, deadline)
     result = summarise(study, gates)
     result["seconds"] = round(time.time() - t0, 1)
     log(result["text"])
@@ -82,11 +91,11 @@ def main(argv=None, log=print) -> dict:
 
 
 def summarise(study, gates) -> dict:
-    from .study import ARMS
+    from .study import ARMS, DIAG
 
     units = A.load_units(study.dir)
     runs = A.load_runs(study.dir)
-    recreate = A.recreate_gates(units, ARMS)
+    recreate = A.recreate_gates(units, (*ARMS, DIAG))
     out = {"units": units, "runs": runs, "gates": gates, "recreate": recreate, "folder": str(study.dir)}
     parts = []
     if "composition" in gates:
@@ -94,8 +103,11 @@ def summarise(study, gates) -> dict:
         judged = A.claims(units, gates, recreate)
         out["claims"] = judged
         parts += ["Claims:", A.claims_table(judged), ""]
+        if DIAG in units:
+            out["extra"] = A.extra_claims(units, gates, recreate)
+            parts += ["Extra row (not in the Holm family):", A.claims_table(out["extra"], A.EXTRA), ""]
         parts += A.power_lines(judged)
-    parts += ["", "Rates:", A.rates_table(units, ARMS), "", "Runs:", A.runs_table(runs)]
+    parts += ["", "Rates:", A.rates_table(units, (*ARMS, DIAG)), "", "Runs:", A.runs_table(runs)]
     out["text"] = "\n".join(parts)
     return out
 
@@ -117,6 +129,8 @@ def section(result: dict, command: str, preset: dict) -> str:
              "Claims: paired Δ per subject (mean over seeds), bootstrap CI over subjects, exact sign-flip p, Holm "
              "over all twelve; 'not testable' where a gate failed.", "",
              A.claims_table(result["claims"]), "",
+             *(["M3 with the block roles the diagnostic found, an extra row outside the Holm family:", "",
+                A.claims_table(result["extra"], A.EXTRA), ""] if "extra" in result else []),
              "LoRA runs (per run in bench/separation/results/unnamed_runs.csv):", "", A.runs_table(result["runs"]), ""]
     return "\n".join(lines)
 

@@ -16,5 +16,5 @@ PRESETS = {
     # the benchmark: 16 subjects x 2 seeds, one process per seed (--seeds 0 / --seeds 1)
     "full": dict(base=BASE, classifier_steps=600, subjects=16, seeds=(0, 1),
                  lora=LoraConfig(steps=300, rank=32, lr=2e-3), sample=SampleConfig(steps=16, per_prompt=4, others=2),
-                 gate_images=8, diag_images=8),
+                 gate_images=8, diag_images=4),
 }

@@ -34,7 +34,17 @@ from .experiment import WorldClip, _prompts_node, plain_conditioning, sample
 
 MODES = ("naive", "prompt", "column", "unziplora", "blora")
 CONTROLS = ("naive_strength", "naive_randmask", "naive_average")
+DIAG = "unziplora_diag"  # M3 with block roles read off the block diagnostic (only when blocks specialise)
 ARMS = ("base", *MODES, *CONTROLS)
+
+
+def register_diag_mode(roles: dict) -> None:
+    """The pack's M3 with other block roles: a ModePreset in the pack's mode table for this process (the Trainer,
+    export and loaders then treat it as any mode). Blocks the diagnostic did not read stay shared."""
+    from unziplora_pack.unziplora.roles import MODES as PACK_MODES
+    from unziplora_pack.unziplora.roles import ModePreset
+
+    PACK_MODES[DIAG] = ModePreset(DIAG, True, True, dict(roles))
 
 
 def subject_name(subject) -> str:
@@ -61,7 +71,9 @@ def write_json(path: Path, obj) -> None:
 
 
 class Study:
-    def __init__(self, preset: dict, cache: Path, log=print):
+    def __init__(self, preset: dict, cache: Path, log=print, base_file: Path | None = None):
+        """base_file: use these base weights (e.g. a partial checkpoint, for a pilot) instead of the cached base;
+        its units go to a folder of their own."""
         from . import base as base_mod
         from . import classify
         from .env import setup
@@ -72,10 +84,21 @@ class Study:
         self.lcfg, self.scfg = preset["lora"], preset["sample"]
         self.encoder = W.encoder(preset["base"].tokens)
         with locked(cache / "stage.lock"):
-            self.base, self.base_info = base_mod.load_or_train(preset["base"], self.encoder, cache, log)
+            if base_file is None:
+                self.base, self.base_info = base_mod.load_or_train(preset["base"], self.encoder, cache, log)
+                base_tag = preset["base"].key()
+            else:
+                from safetensors import safe_open
+                from safetensors.torch import load_file
+
+                with safe_open(str(base_file), framework="pt") as f:
+                    step = (f.metadata() or {}).get("step", "?")
+                self.base = base_mod.build_model(preset["base"], load_file(str(base_file)))
+                self.base_info = {"file": Path(base_file).name, "steps": step}
+                base_tag = f"{Path(base_file).name}@{step}"
             self.models, self.acc = classify.load_or_train(self.size, preset["classifier_steps"], cache, log, w=W)
         self.clip = WorldClip(self.encoder, self.size)
-        key = json.dumps([preset["base"].key(), preset["classifier_steps"], classify.AUGMENT,
+        key = json.dumps([base_tag, preset["classifier_steps"], classify.AUGMENT,
                           classify.REJECT_BELOW, asdict(self.lcfg), asdict(self.scfg)], sort_keys=True)
         self.dir = cache / "unnamed" / hashlib.sha1(key.encode()).hexdigest()[:12]
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -164,7 +187,7 @@ class Study:
         partner = W.partner(subject)
         if arm == "base":
             return dict.fromkeys(("content", "style", "both", "crossed"), (self.base, None, None))
-        if arm in MODES:
+        if arm in MODES or arm == DIAG:
             for s in (subject, partner):
                 self.train(arm, s, seed)
             h, hp = self.handle(arm, subject, seed), self.handle(arm, partner, seed)
