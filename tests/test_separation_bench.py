@@ -131,6 +131,12 @@ def test_block_swap_patch_changes_only_the_conditional_rows_of_its_block():
     assert torch.equal(out[:2], ctx[:2]) and torch.equal(out[2:], swapped) and value is out
     _, same, _ = patch(None, ctx, ctx, {"block": ("output", 0), "cond_or_uncond": [1, 0]})
     assert same is ctx
+    try:  # a sampler that split the batch would make the swap miss rows silently: refused instead
+        patch(None, ctx[:3], ctx[:3], {"block": ("output", 1), "cond_or_uncond": [1, 0]})
+    except RuntimeError as e:
+        assert "is not 2 x 2" in str(e)
+    else:
+        raise AssertionError("a split batch must be refused")
     assert gates.block_key("middle_block.1") == ("middle", 0) and gates.block_key("input_blocks.7.1") == ("input", 7)
 
 

@@ -105,9 +105,12 @@ def swap_patch(block: tuple, swapped: torch.Tensor):
         if extra.get("block") != block:
             return n, context, value
         rows = swapped.shape[0]
+        c_or_u = extra.get("cond_or_uncond", [0])
+        if context.shape[0] != rows * len(c_or_u):  # the sampler split the batch: the swap would silently miss rows
+            raise RuntimeError(f"block swap: context batch {context.shape[0]} is not {len(c_or_u)} x {rows} images")
         chunks = list(context.split(rows))
-        for i, c_or_u in enumerate(extra.get("cond_or_uncond", [0])):
-            if c_or_u == 0 and chunks[i].shape[0] == rows:
+        for i, which in enumerate(c_or_u):
+            if which == 0:  # 0 = the conditional half (ComfyUI's COND), 1 = the unconditional
                 chunks[i] = swapped.to(context)
         new = torch.cat(chunks)
         return n, new, new
