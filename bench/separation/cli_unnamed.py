@@ -36,6 +36,9 @@ def build(argv=None) -> argparse.ArgumentParser:
     ap.add_argument("--minutes", type=float, default=None, help="stop starting new units after this long")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-gates", action="store_true", help="skip the base-model gates (they are cached once run)")
+    ap.add_argument("--blocks-last", action="store_true",
+                    help="run the block diagnostic after the units, not before (a pilot: units first; the extra "
+                         "row of M3 with the diagnostic's roles is then left out)")
     ap.add_argument("--base-file", type=Path, default=None,
                     help="base weights to use instead of the cached base (a pilot on a partial checkpoint); units "
                          "go to a folder of their own")
@@ -65,9 +68,8 @@ def main(argv=None, log=print) -> dict:
     study = Study(preset, cache, log, base_file=args.base_file)
     gates = {"classifiers": G.classifier_gate(study.acc)}
     if not args.no_gates or args.report:
-        gates = G.all_gates(study)
-        log(f"[gates] classifiers {gates['classifiers']['pass']}, composition {gates['composition']['pass']}, "
-            f"prior {gates['prior']['pass']}, blocks {gates['blocks']['pass']}")
+        gates = G.all_gates(study, blocks=not args.blocks_last or args.report)
+        log("[gates] " + ", ".join(f"{k} {'pass' if v['pass'] else 'FAIL'}" for k, v in gates.items()))
     arms = tuple(args.arms)
     if gates.get("blocks", {}).get("pass"):  # blocks specialise: M3 with the diagnostic's roles as an extra row
         from .study import DIAG, register_diag_mode
@@ -79,6 +81,8 @@ def main(argv=None, log=print) -> dict:
     if not args.report:
         deadline = None if args.minutes is None else t0 + args.minutes * 60
         study.run(subjects, seeds, arms, deadline)
+        if args.blocks_last and not args.no_gates:
+            gates = G.all_gates(study)
     result = summarise(study, gates)
     result["seconds"] = round(time.time() - t0, 1)
     log(result["text"])

@@ -171,9 +171,12 @@ def cached(study, name: str, fn, *args) -> dict:
         return out
 
 
-def all_gates(study) -> dict:
+def all_gates(study, blocks: bool = True) -> dict:
+    """Every gate (blocks=False: all but the block diagnostic, the one that takes minutes)."""
     p = study.p
-    return {"classifiers": classifier_gate(study.acc),
-            "composition": cached(study, "composition", composition_gate, p["gate_images"]),
-            "prior": cached(study, "prior", prior_gate, p["gate_images"] * 4),
-            "blocks": cached(study, "blocks", block_diagnostic, p["diag_images"])}
+    out = {"classifiers": classifier_gate(study.acc),
+           "composition": cached(study, "composition", composition_gate, p["gate_images"]),
+           "prior": cached(study, "prior", prior_gate, p["gate_images"] * 4)}
+    if blocks:
+        out["blocks"] = cached(study, "blocks", block_diagnostic, p["diag_images"])
+    return out
