@@ -12,6 +12,7 @@ so the same command continues a run that was cut off. --minutes stops cleanly af
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -100,7 +101,10 @@ def summarise(study, gates) -> dict:
     units = A.load_units(study.dir)
     runs = A.load_runs(study.dir)
     recreate = A.recreate_gates(units, (*ARMS, DIAG))
-    out = {"units": units, "runs": runs, "gates": gates, "recreate": recreate, "folder": str(study.dir)}
+    unit_seconds = sum(json.loads(f.read_text()).get("seconds", 0) for f in (study.dir / "units").glob("*.json"))
+    out = {"units": units, "runs": runs, "gates": gates, "recreate": recreate, "folder": str(study.dir),
+           "compute_s": {"lora training": round(sum(r["seconds"] for r in runs)), "sampling": round(unit_seconds)},
+           "base": study.base_info}
     parts = []
     if "composition" in gates:
         parts += ["Gates:", A.gates_table(gates, recreate), "", "Blocks:", A.blocks_table(gates["blocks"]), ""]
@@ -123,7 +127,10 @@ def section(result: dict, command: str, preset: dict) -> str:
     partial = any(n < planned for n in n_units.values()) or len(n_units) < 9
     lines = [SECTION, "",
              f"Command: `{command}`; date {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; wall time of this "
-             f"call {result['seconds']:.0f} s (cached stages reused; the machine was shared).", "",
+             f"call {result['seconds']:.0f} s (cached stages reused; the machine was shared). Compute in the cached "
+             f"units so far: LoRA training {result['compute_s']['lora training']} s, probes "
+             f"{result['compute_s']['sampling']} s (sums over runs and units, one thread each). Base: "
+             f"{json.dumps(result['base'])}.", "",
              ("**Partial run**: " if partial else "") + "units per arm: "
              + ", ".join(f"{a} {n}" for a, n in n_units.items()) + f" (planned {planned} each).", "",
              "Gates:", "", A.gates_table(result["gates"], result["recreate"]), "",
