@@ -148,9 +148,13 @@ def gates_table(gates: dict, recreate: dict) -> str:
             f"{trig['max_style']:.2f} / {trig['max_subject']:.2f} | unnamed ≥ {G.GATE_PRIOR_OBEYS}, largest ≤ "
             f"{G.GATE_PRIOR_MAX} (uniform 0.25; subject 0.06) | {yes(prior['pass'])} |"]
     roles = blocks.get("roles", {})
-    rows.append(f"| a block specialises | content: {', '.join(b for b, r in roles.items() if r == 'content') or 'none'}; "
-                f"style: {', '.join(b for b, r in roles.items() if r == 'style') or 'none'} (table below) | one of "
-                f"each, Δ ≥ {G.SPECIALISED} with CI off 0 | {yes(blocks['pass'])} (block claim C8) |")
+    if blocks.get("not_run"):
+        rows.append("| a block specialises | the diagnostic has not run | one of each | **not run** (block claim C8 "
+                    "not testable) |")
+    else:
+        rows.append(f"| a block specialises | content: {', '.join(b for b, r in roles.items() if r == 'content') or 'none'}; "
+                    f"style: {', '.join(b for b, r in roles.items() if r == 'style') or 'none'} (table below) | one of "
+                    f"each, Δ ≥ {G.SPECIALISED} with CI off 0 | {yes(blocks['pass'])} (block claim C8) |")
     for arm, r in recreate.items():
         rows.append(f"| {arm} recreates its image | paired Δ over the base on \"both: S and T\" "
                     f"{_ci(r['delta'], r['low'], r['high'])} ({r['subjects']} subjects, {r['units']} units) | lower bound ≥ "
