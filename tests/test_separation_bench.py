@@ -60,3 +60,131 @@ def test_toy_run_produces_the_table(tmp_path):
     bench.write_section(text, md)
     out = md.read_text()
     assert out.count(bench.SECTION) == 1 and "keep me" in out and "| naive |" in out
+
+
+# ------------------------------------------------------------------------------------------ the unnamed world
+
+
+def test_unnamed_world_names_no_subject_factor():
+    from bench.separation import cli_unnamed, unnamed
+
+    for shape, style in unnamed.SUBJECTS:
+        for text in (unnamed.caption(shape, style, True), unnamed.caption(shape, None, True), unnamed.caption(shape, style)):
+            assert shape not in text and style not in text, text
+    assert unnamed.caption("star", "noise", True) == "a sks shape in pattern style"
+    assert unnamed.caption("circle", "noise") == "a circle in pattern style"
+    assert not set(unnamed.UNNAMED_SHAPES + unnamed.UNNAMED_STYLES) & set(unnamed.encoder().vocab)
+    for s in unnamed.SUBJECTS:  # the crossed pair shares neither factor with either training image
+        p = unnamed.partner(s)
+        assert p in unnamed.SUBJECTS and p[0] != s[0] and p[1] != s[1]
+    first4 = cli_unnamed.subject_order(4)
+    assert {s for s, _ in first4} == set(unnamed.UNNAMED_SHAPES) and {y for _, y in first4} == set(unnamed.UNNAMED_STYLES)
+    assert sorted(cli_unnamed.subject_order(16)) == sorted(unnamed.SUBJECTS)
+    assert not set(unnamed.HELD_OUT) & set(unnamed.TRAIN_PAIRS) and set(unnamed.SUBJECTS) <= set(unnamed.TRAIN_PAIRS)
+
+
+def _side(role, ups, rank=2, width=6, seed=0):
+    from bench.separation.env import setup
+
+    setup()
+    from unziplora_pack.unziplora.lora_formats import LoRAState, LoRAWeights
+    from unziplora_pack.unziplora.pair import PairSide
+
+    g = torch.Generator().manual_seed(seed)
+    state = LoRAState(source=f"{role}.safetensors")
+    for path, rows in ups.items():
+        up = torch.randn(width, rank, generator=g)
+        up[rows:] = 0  # a mask baked into up keeps the first `rows` channels
+        state[path] = LoRAWeights(torch.randn(rank, 5, generator=g), up, 0.5)
+    return PairSide(role, state)
+
+
+def test_controls_random_masks_keep_m3s_count_per_layer_and_average_is_the_mean_delta():
+    import numpy as np
+
+    from bench.separation import study
+
+    paths = ("output_blocks.0.1.transformer_blocks.0.attn2.to_k", "input_blocks.4.1.transformer_blocks.0.attn1.to_q")
+    naive = _side("content", dict.fromkeys(paths, 6), seed=1)
+    m3 = _side("content", {paths[0]: 2, paths[1]: 5}, seed=2)
+    masked = study.random_rows(naive, m3, np.random.default_rng(0))
+    for path, kept in ((paths[0], 2), (paths[1], 5)):
+        rows = masked.weights[path].up.abs().sum(1) > 0
+        assert int(rows.sum()) == kept
+        torch.testing.assert_close(masked.weights[path].up[rows], naive.weights[path].up[rows])  # kept rows untouched
+    style = _side("style", dict.fromkeys(paths, 6), seed=3)
+    avg = study.average_sides(naive, style)
+    for path in paths:
+        want = (naive.weights[path].delta() + style.weights[path].delta()) / 2
+        torch.testing.assert_close(avg.weights[path].delta(), want)
+    kept = study.kept_fractions(type("Handle", (), {"content": m3, "style": naive})())
+    assert kept["content"]["all"] == (2 + 5) / 12 and kept["style"]["all"] == 1.0
+
+
+def test_block_swap_patch_changes_only_the_conditional_rows_of_its_block():
+    from bench.separation import gates
+
+    swapped = torch.full((2, 3, 4), 7.0)
+    patch = gates.swap_patch(("output", 1), swapped)
+    ctx = torch.cat([torch.zeros(2, 3, 4), torch.ones(2, 3, 4)])  # rows: uncond chunk, cond chunk
+    _, out, value = patch(None, ctx, ctx, {"block": ("output", 1), "cond_or_uncond": [1, 0]})
+    assert torch.equal(out[:2], ctx[:2]) and torch.equal(out[2:], swapped) and value is out
+    _, same, _ = patch(None, ctx, ctx, {"block": ("output", 0), "cond_or_uncond": [1, 0]})
+    assert same is ctx
+    try:  # a sampler that split the batch would make the swap miss rows silently: refused instead
+        patch(None, ctx[:3], ctx[:3], {"block": ("output", 1), "cond_or_uncond": [1, 0]})
+    except RuntimeError as e:
+        assert "is not 2 x 2" in str(e)
+    else:
+        raise AssertionError("a split batch must be refused")
+    assert gates.block_key("middle_block.1") == ("middle", 0) and gates.block_key("input_blocks.7.1") == ("input", 7)
+
+
+def test_unnamed_toy_study_runs_the_whole_path_and_resumes(tmp_path):
+    """World, base, classifiers, gates, every mode trained / exported / read back / applied / prompted, the three
+    controls, the tables; then the same command again trains and samples nothing new."""
+    from bench.separation import analysis, cli_unnamed, stats
+    from bench.separation.study import ARMS
+
+    torch.set_num_threads(1)
+    args = ["--preset", "toy", "--cache", str(tmp_path / "cache")]
+    result = cli_unnamed.main(args, log=lambda *a: None)
+    units = result["units"]
+    assert set(units) == set(ARMS) and all(len(u) == 2 for u in units.values())
+    for arm_units in units.values():
+        for m in arm_units.values():
+            assert set(m) == {k for k, _, _ in analysis.METRICS} and all(0 <= v <= 1 for v in m.values())
+    runs = result["runs"]
+    assert {r["mode"] for r in runs} == {"naive", "prompt", "column", "unziplora", "blora"}
+    assert all("final_loss" in r and 0 <= r["kept"]["content"]["all"] <= 1 for r in runs)
+    assert {c for c in result["claims"]} == {c[0] for c in analysis.CLAIMS}
+    assert all(r["verdict"] in stats.VERDICTS for r in result["claims"].values())
+    for table in ("Gates:", "unnamed prior flat", "Claims:", "Rates:", "naive_randmask", "(none swapped)"):
+        assert table in result["text"], table
+    folder = Path(result["folder"])
+    stamps = {p: p.stat().st_mtime_ns for p in folder.rglob("*.json")}
+    again = cli_unnamed.main(args, log=lambda *a: None)
+    assert {p: p.stat().st_mtime_ns for p in folder.rglob("*.json") if p in stamps} == stamps
+    assert again["units"] == units
+    # the extra row: M3 with block roles from the diagnostic trains with those roles (relaxed = every column kept)
+    from bench.separation import presets_unnamed, study
+
+    from unziplora_pack.unziplora.roles import MODES as PACK_MODES
+
+    study.register_diag_mode({"output_blocks.1.1": "content", "output_blocks.0.1": "style"})
+    try:
+        s = study.Study(presets_unnamed.PRESETS["toy"], tmp_path / "cache", log=lambda *a: None)
+        s.unit(study.DIAG, cli_unnamed.subject_order(1)[0], 0)
+        kept = s.train(study.DIAG, cli_unnamed.subject_order(1)[0], 0)["kept"]
+    finally:  # the pack's mode table is shared by every test in this process
+        PACK_MODES.pop(study.DIAG, None)
+    assert kept["content"]["output_blocks.1.1"] == 1.0 and kept["style"]["output_blocks.0.1"] == 1.0
+    assert kept["content"]["output_blocks.0.1"] < 1.0 and kept["style"]["output_blocks.1.1"] < 1.0
+    md = tmp_path / "RESULTS.md"
+    md.write_text("# Benchmark results\n\n## Other helper\n\nkeep me\n")
+    text = cli_unnamed.section({**result, "seconds": 1.0}, "cmd", __import__(
+        "bench.separation.presets_unnamed", fromlist=["PRESETS"]).PRESETS["toy"])
+    cli_unnamed.write_section(text, md)
+    cli_unnamed.write_section(text, md)
+    out = md.read_text()
+    assert out.count(cli_unnamed.SECTION) == 1 and "keep me" in out and "| C12 |" in out

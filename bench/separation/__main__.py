@@ -1,9 +1,13 @@
 """Synthetic content x style separation benchmark, end to end (a benchmark, never part of the test suite).
 
-    .venv/bin/python -m bench.separation                      # full size; cached stages are reused
-    .venv/bin/python -m bench.separation --preset quick       # one pair, one seed (minutes, once the base exists)
-    .venv/bin/python -m bench.separation --preset toy         # seconds: the smoke test's size
-    .venv/bin/python -m bench.separation --write-results      # also replace our section of bench/RESULTS.md
+Two worlds. `--world unnamed` (the default; bench/separation/cli_unnamed.py, issue 18): subjects made of shapes and
+textures the captions never name, gates, controls and paired statistics. `--world named` (this file, kept for
+comparison with sessions 3-4): named shapes and styles; its table cannot separate the modes (see bench/RESULTS.md).
+
+    .venv/bin/python -m bench.separation --world named        # full size; cached stages are reused
+    .venv/bin/python -m bench.separation --world named --preset quick       # one pair, one seed (minutes, once the base exists)
+    .venv/bin/python -m bench.separation --world named --preset toy         # seconds: the smoke test's size
+    .venv/bin/python -m bench.separation --world named --write-results      # also replace our section of bench/RESULTS.md
     .venv/bin/python -m bench.separation.look OUT.png         # a grid of the base's samples, to look at
 
 Stages (each cached under ~/.cache/unziplora-dev/separation/, keyed by its settings, fixed seeds):
@@ -159,19 +163,28 @@ def merge_results(results: list[dict]) -> dict:
     return merged
 
 
-def write_section(text: str, path: Path = REPO / "bench" / "RESULTS.md") -> None:
+def write_section(text: str, path: Path = REPO / "bench" / "RESULTS.md", section: str = SECTION) -> None:
     """Replace our section (from its heading to the next '## ' heading) or append it."""
     old = path.read_text() if path.exists() else "# Benchmark results\n"
-    start = old.find(SECTION)
+    start = old.find(section)
     if start < 0:
         new = old.rstrip("\n") + "\n\n" + text
     else:
-        nxt = old.find("\n## ", start + len(SECTION))
+        nxt = old.find("\n## ", start + len(section))
         new = old[:start] + text.rstrip("\n") + "\n" + ("" if nxt < 0 else "\n" + old[nxt + 1:])
     path.write_text(new.rstrip("\n") + "\n")
 
 
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    world = argparse.ArgumentParser(add_help=False)
+    world.add_argument("--world", choices=("unnamed", "named"), default="unnamed")
+    if world.parse_known_args(argv)[0].world == "unnamed":
+        from . import cli_unnamed
+
+        cli_unnamed.main(argv)
+        return 0
+    argv = [a for a in argv if a not in ("--world", "named", "--world=named")]
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--preset", choices=sorted(PRESETS), default="full")
     ap.add_argument("--cache", type=Path, default=None, help=f"cache folder (default {cache_dir()})")
@@ -197,7 +210,7 @@ def main(argv=None) -> int:
     for name, value in (("steps", args.lora_steps), ("lr", args.lora_lr), ("rank", args.lora_rank)):
         if value is not None:
             lora = replace(lora, **{name: value})
-    command = ".venv/bin/python -m bench.separation " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = ".venv/bin/python -m bench.separation --world named " + " ".join(argv)
     result = run(args.preset, args.cache, args.pairs, args.seeds, tuple(args.modes), lora, command=command.strip())
     print(result["table"])
     if args.write_results:

@@ -55,13 +55,29 @@ class BaseConfig:
     drop_all: float = 0.1  # empty caption (the unconditional branch of CFG)
     tokens: int = 8  # context length (world.WordEncoder)
     stop_at: int = 0  # stop after this many steps of the `steps`-long schedule (0 = run it all)
+    world: str = "named"  # "named" (world.py) or "unnamed" (unnamed.py)
+    # attention at full resolution too (input_blocks 1-2, output_blocks 6-8), where 2-4 pixel textures live. SDXL has
+    # none there; tried for the unnamed world and dropped: the pack's LoRA reader refuses files for such layers (it
+    # maps SDXL's places only), so the benchmark keeps SDXL's layout (attention at 8x8 and 4x4 here)
+    top_attention: bool = False
 
     def key(self) -> str:
-        return "base_" + "_".join(f"{k}{v}" for k, v in asdict(self).items())
+        # fields added later enter the key only when set, so older caches keep their names
+        late = {"world": "named", "top_attention": False}
+        return "base_" + "_".join(f"{k}{v}" for k, v in asdict(self).items() if late.get(k, object()) != v)
+
+
+def world_module(name: str):
+    from . import unnamed
+
+    return {"named": world, "unnamed": unnamed}[name]
 
 
 def unet_config(cfg: BaseConfig) -> dict:
-    return {**UNET_CONFIG, "model_channels": cfg.model_channels, "image_size": cfg.size}
+    out = {**UNET_CONFIG, "model_channels": cfg.model_channels, "image_size": cfg.size}
+    if cfg.top_attention:
+        out.update(transformer_depth=[1, 1, 1, 1, 1, 1], transformer_depth_output=[1] * 9)
+    return out
 
 
 def _init(module: torch.nn.Module, seed: int) -> None:
@@ -85,6 +101,8 @@ def build_model(cfg: BaseConfig, state_dict: dict | None = None):
     import comfy.supported_models
 
     config = comfy.supported_models.SDXL(unet_config(cfg))
+    if cfg.top_attention:  # one head per transformer (64 wide as before; 32 at full resolution, where 64-wide heads leave none)
+        config.unet_config.update(num_heads=1, num_head_channels=-1)
     config.set_inference_dtype(torch.float32, None)
     model = config.get_model({})
     unet = model.diffusion_model
@@ -104,8 +122,11 @@ def adm(model_patcher, pooled: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def captions(pairs, rng: torch.Generator, cfg: BaseConfig) -> list[str]:
+    w = world_module(cfg.world)
+    to_words = getattr(w, "words", lambda s, y: (s, y))
     out = []
-    for shape, style in pairs:
+    for pair in pairs:
+        shape, style = to_words(*pair)
         r = float(torch.rand((), generator=rng))
         if r < cfg.drop_all:
             out.append("")
@@ -118,11 +139,17 @@ def captions(pairs, rng: torch.Generator, cfg: BaseConfig) -> list[str]:
     return out
 
 
-def train_base(cfg: BaseConfig, encoder: world.WordEncoder, log=print, on_checkpoint=None):
-    """Train from scratch; returns (model patcher, info dict)."""
+def train_base(cfg: BaseConfig, encoder: world.WordEncoder, log=print, on_checkpoint=None, resume: dict | None = None,
+               budget_s: float | None = None):
+    """Train from scratch (or from `resume`, a state on_checkpoint was given); returns (model patcher, info dict).
+
+    Every batch is seeded by its step number, so a resumed run sees the same data as an uninterrupted one.
+    budget_s: stop after this many seconds of this call, checkpoint, and return (None, None) (a shared machine's
+    lock is then free for others before the next chunk)."""
     setup()
     from unziplora_pack.training.loop import ddpm_alphas_cumprod
 
+    w = world_module(cfg.world)
     patcher = build_model(cfg)
     unet = patcher.model.diffusion_model
     unet.train()
@@ -134,10 +161,20 @@ def train_base(cfg: BaseConfig, encoder: world.WordEncoder, log=print, on_checkp
         0.5 * (1 + math.cos(math.pi * min(1.0, s / cfg.steps)))) * 0.95 + 0.05)
     rng = torch.Generator().manual_seed(cfg.seed)
     cache: dict[str, tuple] = {}
-    t0, losses = time.time(), []
-    for step in range(cfg.stop_at or cfg.steps):
-        pairs = world.random_pairs(cfg.batch, seed=cfg.seed * 1_000_003 + step, pairs=world.TRAIN_PAIRS)
-        rgb, _, _ = world.batch(pairs, cfg.size, seed=cfg.seed * 7_000_001 + step)
+    t0, losses, first, spent = time.time(), [], 0, 0.0
+    if resume is not None:
+        unet.load_state_dict(resume["unet"])
+        opt.load_state_dict(resume["opt"])
+        sched.load_state_dict(resume["sched"])
+        rng.set_state(resume["rng"])
+        losses, first, spent = list(resume["losses"]), int(resume["step"]), float(resume["seconds"])
+        t0 -= spent
+        log(f"[base] resumed at step {first}")
+    step = first - 1
+    started = time.time()
+    for step in range(first, cfg.stop_at or cfg.steps):
+        pairs = w.random_pairs(cfg.batch, seed=cfg.seed * 1_000_003 + step, pairs=w.TRAIN_PAIRS)
+        rgb, _, _ = w.batch(pairs, cfg.size, seed=cfg.seed * 7_000_001 + step)
         x0 = world.to_latent(rgb)
         texts = captions(pairs, rng, cfg)
         for t in texts:
@@ -160,16 +197,22 @@ def train_base(cfg: BaseConfig, encoder: world.WordEncoder, log=print, on_checkp
         if (step + 1) % max(1, min(50, cfg.steps // 20)) == 0 or step + 1 == cfg.steps:
             recent = sum(losses[-50:]) / len(losses[-50:])
             log(f"[base] step {step + 1}/{cfg.steps} loss {recent:.4f} ({time.time() - t0:.0f} s)")
-        if on_checkpoint is not None and (step + 1) % 250 == 0:
-            on_checkpoint(step + 1, unet)
+        out_of_time = budget_s is not None and time.time() - started > budget_s and step + 1 < (cfg.stop_at or cfg.steps)
+        if on_checkpoint is not None and ((step + 1) % 250 == 0 or out_of_time):
+            on_checkpoint(step + 1, unet, {"opt": opt.state_dict(), "sched": sched.state_dict(),
+                                           "rng": rng.get_state(), "losses": losses, "step": step + 1,
+                                           "seconds": time.time() - t0})
+        if out_of_time:
+            log(f"[base] paused at step {step + 1} (budget {budget_s:.0f} s); run again to continue")
+            return None, None
     unet.eval()
     info = {"steps": step + 1, "seconds": round(time.time() - t0, 1), "final_loss": round(
         sum(losses[-100:]) / len(losses[-100:]), 4), "params_M": round(sum(p.numel() for p in unet.parameters()) / 1e6, 2)}
     return patcher, info
 
 
-def load_or_train(cfg: BaseConfig, encoder: world.WordEncoder, cache, log=print):
-    """The cached base model for cfg (trained and saved when missing)."""
+def load_or_train(cfg: BaseConfig, encoder: world.WordEncoder, cache, log=print, budget_s: float | None = None):
+    """The cached base model for cfg (trained and saved when missing; (None, None) if budget_s ran out first)."""
     from safetensors.torch import load_file, save_file
 
     path = cache / f"{cfg.key()}.safetensors"
@@ -178,12 +221,21 @@ def load_or_train(cfg: BaseConfig, encoder: world.WordEncoder, cache, log=print)
         return build_model(cfg, load_file(str(path))), json.loads(meta.read_text())
     cache.mkdir(parents=True, exist_ok=True)
 
-    def partial(step, unet):  # a long run can be inspected (or used) before it ends
-        save_file({k: v.detach().contiguous() for k, v in unet.state_dict().items()},
-                  str(path.with_name(f"{path.stem}.partial.safetensors")), metadata={"step": str(step)})
+    state_file = path.with_name(f"{path.stem}.resume.pt")
 
-    patcher, info = train_base(cfg, encoder, log, on_checkpoint=partial)
+    def partial(step, unet, state):  # a long run can be inspected (or used) before it ends, and resumed
+        sd = {k: v.detach().contiguous().clone() for k, v in unet.state_dict().items()}
+        save_file(sd, str(path.with_name(f"{path.stem}.partial.safetensors")), metadata={"step": str(step)})
+        tmp = state_file.with_suffix(".tmp")
+        torch.save({**state, "unet": sd}, tmp)
+        tmp.replace(state_file)
+
+    resume = torch.load(state_file, weights_only=False) if state_file.exists() else None
+    patcher, info = train_base(cfg, encoder, log, on_checkpoint=partial, resume=resume, budget_s=budget_s)
+    if patcher is None:
+        return None, None
     sd = {k: v.detach().contiguous() for k, v in patcher.model.diffusion_model.state_dict().items()}
     save_file(sd, str(path))
     meta.write_text(json.dumps(info))
+    state_file.unlink(missing_ok=True)
     return patcher, info

@@ -48,15 +48,15 @@ def _augment(rgb: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return (rgb + noise).clamp(0, 1)
 
 
-def train(size: int, steps: int, seed: int = 0, log=print) -> tuple[dict, dict]:
-    """({'content': model, 'style': model}, accuracy on 600 held-out renders per head)."""
+def train(size: int, steps: int, seed: int = 0, log=print, w=world) -> tuple[dict, dict]:
+    """({'content': model, 'style': model}, accuracy on 600 held-out renders per head); w: the world module."""
     torch.manual_seed(seed)
-    models = {"content": SmallCNN(len(world.SHAPES)), "style": SmallCNN(len(world.STYLES))}
+    models = {"content": SmallCNN(len(w.SHAPES)), "style": SmallCNN(len(w.STYLES))}
     opts = {k: torch.optim.Adam(m.parameters(), lr=2e-3) for k, m in models.items()}
     g = torch.Generator().manual_seed(seed)
     t0 = time.time()
     for step in range(steps):
-        rgb, shape_ids, style_ids = world.batch(world.random_pairs(64, seed=10_000 + step), size, seed=20_000 + step)
+        rgb, shape_ids, style_ids = w.batch(w.random_pairs(64, seed=10_000 + step), size, seed=20_000 + step)
         rgb = _augment(rgb, g)
         for name, labels in (("content", shape_ids), ("style", style_ids)):
             loss = F.cross_entropy(models[name](rgb), labels)
@@ -65,7 +65,7 @@ def train(size: int, steps: int, seed: int = 0, log=print) -> tuple[dict, dict]:
             opts[name].step()
     for m in models.values():
         m.eval()
-    rgb, shape_ids, style_ids = world.batch(world.random_pairs(600, seed=999_999), size, seed=999_998)
+    rgb, shape_ids, style_ids = w.batch(w.random_pairs(600, seed=999_999), size, seed=999_998)
     acc = {}
     with torch.no_grad():
         acc["content"] = float((models["content"](rgb).argmax(1) == shape_ids).float().mean())
@@ -73,6 +73,11 @@ def train(size: int, steps: int, seed: int = 0, log=print) -> tuple[dict, dict]:
         cast = _augment(rgb, torch.Generator().manual_seed(999_997))  # the same renders, colour-cast and noised
         acc["content_cast"] = float((models["content"](cast).argmax(1) == shape_ids).float().mean())
         acc["style_cast"] = float((models["style"](cast).argmax(1) == style_ids).float().mean())
+        for name, x in (("", rgb), ("_cast", cast)):  # with the reject option: unreadable counts as wrong
+            (ps, cs), (py, cy) = read(models, x)
+            acc["content_read" + name] = float(((ps == shape_ids) & (cs >= REJECT_BELOW)).float().mean())
+            acc["style_read" + name] = float(((py == style_ids) & (cy >= REJECT_BELOW)).float().mean())
+            acc["unreadable" + name] = float(((cs < REJECT_BELOW) | (cy < REJECT_BELOW)).float().mean())
     acc["seconds"] = round(time.time() - t0, 1)
     acc["test_images"] = 600
     log(f"[classifiers] held-out accuracy content {acc['content']:.3f} style {acc['style']:.3f}; colour-cast "
@@ -80,16 +85,17 @@ def train(size: int, steps: int, seed: int = 0, log=print) -> tuple[dict, dict]:
     return models, acc
 
 
-def load_or_train(size: int, steps: int, cache, log=print) -> tuple[dict, dict]:
-    path = cache / f"classifiers_size{size}_steps{steps}_{AUGMENT}.pt"
+def load_or_train(size: int, steps: int, cache, log=print, w=world) -> tuple[dict, dict]:
+    tag = "" if w is world else f"_{w.NAME}"
+    path = cache / f"classifiers{tag}_size{size}_steps{steps}_{AUGMENT}.pt"
     if path.exists():
         state = torch.load(path, weights_only=True)
-        models = {"content": SmallCNN(len(world.SHAPES)), "style": SmallCNN(len(world.STYLES))}
+        models = {"content": SmallCNN(len(w.SHAPES)), "style": SmallCNN(len(w.STYLES))}
         for k, m in models.items():
             m.load_state_dict(state[k])
             m.eval()
         return models, json.loads(state["accuracy"])
-    models, acc = train(size, steps, log=log)
+    models, acc = train(size, steps, log=log, w=w)
     cache.mkdir(parents=True, exist_ok=True)
     torch.save({**{k: m.state_dict() for k, m in models.items()}, "accuracy": json.dumps(acc)}, path)
     return models, acc
@@ -99,3 +105,19 @@ def load_or_train(size: int, steps: int, cache, log=print) -> tuple[dict, dict]:
 def predict(models: dict, rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(shape ids, style ids) for [B, H, W, 3]."""
     return models["content"](rgb).argmax(1), models["style"](rgb).argmax(1)
+
+
+# Reject option: a head whose top class has less than this probability reads the image as "unreadable", which the
+# study counts as a failure of whatever was asked (and reports). Fixed before any run, not tuned on results.
+REJECT_BELOW = 0.6
+
+
+@torch.no_grad()
+def read(models: dict, rgb: torch.Tensor):
+    """((shape ids, shape confidence), (style ids, style confidence)) for [B, H, W, 3]; confidence = top softmax."""
+    out = []
+    for name in ("content", "style"):
+        prob = models[name](rgb.float()).softmax(1)
+        conf, ids = prob.max(1)
+        out.append((ids, conf))
+    return tuple(out)

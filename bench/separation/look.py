@@ -1,6 +1,7 @@
 """Look at what the base model draws: one row per caption, two real renders then its samples, as a PNG.
 
     .venv/bin/python -m bench.separation.look OUT.png [--held-out] [--plain-noise] [--base FILE.safetensors]
+    .venv/bin/python -m bench.separation.look OUT.png --world unnamed [--base FILE.safetensors]   # hand check
 
 Read the composition numbers next to it: this is how the random flat backgrounds of plain-noise sampling were
 found (bench/RESULTS.md). --plain-noise samples without experiment.sample's zero-mean start noise.
@@ -24,7 +25,12 @@ def main(argv=None) -> int:
     ap.add_argument("--plain-noise", action="store_true")
     ap.add_argument("--base", type=Path, default=None, help="a base checkpoint (default: the full preset's)")
     ap.add_argument("--images", type=int, default=6)
+    ap.add_argument("--world", choices=("named", "unnamed"), default="named",
+                    help="unnamed: rows of 'a shape in pattern style' then the never-captioned named pairs, each "
+                         "after two real renders of what the classifiers read in the first sample (hand check)")
     args = ap.parse_args(argv)
+    if args.world == "unnamed":
+        return look_unnamed(args)
 
     from PIL import Image
     from safetensors.torch import load_file
@@ -52,6 +58,38 @@ def main(argv=None) -> int:
             f"{world.SHAPES[s]}/{world.STYLES[y]}" for s, y in zip(shapes.tolist(), styles.tolist())))
         real = world.batch([(shape, style)] * 2, cfg.size, seed=k)[0]
         rows.append(torch.cat(list(torch.cat([real, imgs.float()], 0)), 1))
+    grid = (torch.cat(rows, 0).clamp(0, 1).numpy() * 255).astype(np.uint8)
+    Image.fromarray(grid).resize((grid.shape[1] * 8, grid.shape[0] * 8), Image.NEAREST).save(args.out)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def look_unnamed(args) -> int:
+    from PIL import Image
+    from safetensors.torch import load_file
+
+    from . import base, classify, gates, unnamed
+    from .env import cache_dir, setup
+    from .experiment import SampleConfig, WorldClip
+    from .presets_unnamed import PRESETS
+
+    setup()
+    p = PRESETS["full"]
+    cfg = p["base"]
+    path = args.base or cache_dir() / f"{cfg.key()}.safetensors"
+    patcher = base.build_model(cfg, load_file(str(path)))
+    models, _ = classify.load_or_train(cfg.size, p["classifier_steps"], cache_dir(), w=unnamed)
+    enc = unnamed.encoder(cfg.tokens)
+    clip = WorldClip(enc, cfg.size)
+    texts = [unnamed.caption("star", "noise")] * 2 + [unnamed.caption(s, y) for s, y in unnamed.HELD_OUT]
+    rows = []
+    for k, text in enumerate(texts):
+        imgs = gates.sample_texts(patcher, clip, [text] * args.images, SampleConfig(), cfg.size, 40 + k)
+        (ps, cs), (py, cy) = classify.read(models, imgs)
+        print(f"row {k} {text!r}: read as " + ", ".join(
+            f"{unnamed.SHAPES[s]}/{unnamed.STYLES[y]}" + ("" if min(a, b) >= classify.REJECT_BELOW else " (unreadable)")
+            for s, y, a, b in zip(ps.tolist(), py.tolist(), cs.tolist(), cy.tolist())))
+        rows.append(torch.cat(list(imgs.float()), 1))
     grid = (torch.cat(rows, 0).clamp(0, 1).numpy() * 255).astype(np.uint8)
     Image.fromarray(grid).resize((grid.shape[1] * 8, grid.shape[0] * 8), Image.NEAREST).save(args.out)
     print(f"wrote {args.out}")

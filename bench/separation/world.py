@@ -30,6 +30,8 @@ PALETTES = {
     "noise": ((0.20, 0.90, 0.90), (0.10, 0.40, 0.60)),
     "flat": ((1.00, 0.55, 0.10), (1.00, 0.55, 0.10)),
     "gradient": ((0.50, 0.20, 0.90), (0.80, 1.00, 0.50)),
+    "waves": ((0.95, 0.40, 0.60), (0.20, 0.55, 0.25)),
+    "grid": ((0.85, 0.85, 0.80), (0.45, 0.10, 0.10)),
 }
 
 
@@ -52,6 +54,10 @@ def _inside(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     if shape == "heart":
         x, y = u / 0.85, -(v - 0.1) / 0.85
         return (x * x + y * y - 0.6) ** 3 - x * x * y**3 * 0.9 < 0
+    if shape == "crescent":
+        return (u * u + v * v < 0.8**2) & ((u - 0.38) ** 2 + (v + 0.12) ** 2 > 0.62**2)
+    if shape == "tee":
+        return ((abs(u) < 0.8) & (v > -0.8) & (v < -0.38)) | ((abs(u) < 0.22) & (v > -0.8) & (v < 0.8))
     raise ValueError(f"unknown shape {shape!r}")
 
 
@@ -71,6 +77,10 @@ def _texture(style: str, size: int, rng: np.random.Generator) -> np.ndarray:
         return np.zeros((size, size), np.float32)
     if style == "gradient":
         return (y / (size - 1)).astype(np.float32)
+    if style == "waves":  # wavy horizontal bands, period 6
+        return (0.5 + 0.5 * np.sin(2 * np.pi * (y + oy + 1.5 * np.sin(2 * np.pi * (x + ox) / 8)) / 6)).astype(np.float32)
+    if style == "grid":  # one-pixel lines every 4 pixels
+        return ((((x + ox) % 4) == 0) | (((y + oy) % 4) == 0)).astype(np.float32)
     raise ValueError(f"unknown style {style!r}")
 
 
@@ -145,10 +155,10 @@ class WordEncoder:
     WIDTH = 2048
     POOLED = 1280
 
-    def __init__(self, seed: int = 1234, tokens: int = 8):
+    def __init__(self, seed: int = 1234, tokens: int = 8, words=None):
         self.TOKENS = tokens
         g = torch.Generator().manual_seed(seed)
-        self.vocab = ["<bos>", "<eos>", "a", "in", "style", TRIGGER, *SHAPES, *STYLES]
+        self.vocab = ["<bos>", "<eos>", "a", "in", "style", TRIGGER, *(words or (*SHAPES, *STYLES))]
         self.words = {w: torch.randn(self.WIDTH, generator=g) for w in self.vocab}
         self.positions = torch.randn(77, self.WIDTH, generator=g)[:tokens] * 0.3
         self.pool = torch.randn(self.WIDTH, self.POOLED, generator=g) / math.sqrt(self.WIDTH)

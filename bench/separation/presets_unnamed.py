@@ -1,0 +1,20 @@
+"""Sizes of the unnamed-world study (bench/separation/study.py). The base config is the cache key of the 4000-step
+base model, so changing it means training a new base (~45 min on a quiet core, hours on a loaded one)."""
+
+from __future__ import annotations
+
+from .base import BaseConfig
+from .experiment import LoraConfig, SampleConfig
+
+BASE = BaseConfig(steps=4000, world="unnamed")
+
+PRESETS = {
+    # CI's smoke test: the whole path in seconds (numbers mean nothing)
+    "toy": dict(base=BaseConfig(steps=2, batch=2, world="unnamed"), classifier_steps=2,
+                subjects=2, seeds=(0,), lora=LoraConfig(steps=2, rank=4),
+                sample=SampleConfig(steps=1, per_prompt=1, others=1), gate_images=2, diag_images=1),
+    # the benchmark: 16 subjects x 2 seeds, one process per seed (--seeds 0 / --seeds 1)
+    "full": dict(base=BASE, classifier_steps=600, subjects=16, seeds=(0, 1),
+                 lora=LoraConfig(steps=300, rank=32, lr=2e-3), sample=SampleConfig(steps=16, per_prompt=4, others=2),
+                 gate_images=8, diag_images=4),
+}

@@ -1,0 +1,72 @@
+"""The second world (`--world unnamed`, the default): subjects made of factors the captions never name.
+
+Eight shapes and eight textures, rendered by world.render. Four of each have words ("circle", "stripes"); the other
+four are seen by the base model only as "a shape" and "in pattern style". A subject of the decomposition is one
+unnamed shape in one unnamed texture (4 x 4 = 16 subjects), so the prompts are the paper's:
+
+    combined "a sks shape in pattern style"   content "a sks shape"   style "a shape in pattern style"
+
+and no word tells the base which shape or which texture: what the LoRAs carry, they learned from the image. The
+named factors are the recontextualisation targets ("a sks shape in stripes style", "a circle in pattern style").
+The base sees every pair but the named diagonal (circle/stripes, square/dots, ...), which is kept to test that it
+composes named pairs it never saw together.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from . import world
+
+NAME = "unnamed"
+NAMED_SHAPES = ("circle", "square", "triangle", "cross")
+UNNAMED_SHAPES = ("star", "heart", "crescent", "tee")
+NAMED_STYLES = ("stripes", "dots", "checker", "flat")
+UNNAMED_STYLES = ("noise", "gradient", "waves", "grid")
+SHAPES = NAMED_SHAPES + UNNAMED_SHAPES  # the classifiers' classes
+STYLES = NAMED_STYLES + UNNAMED_STYLES
+SHAPE_WORD, STYLE_WORD = "shape", "pattern"  # what the base is told about an unnamed factor
+TRIGGER = world.TRIGGER
+HELD_OUT = tuple((NAMED_SHAPES[i], NAMED_STYLES[i]) for i in range(len(NAMED_SHAPES)))  # named, never captioned
+TRAIN_PAIRS = tuple((s, y) for s in SHAPES for y in STYLES if (s, y) not in HELD_OUT)
+SUBJECTS = tuple((s, y) for s in UNNAMED_SHAPES for y in UNNAMED_STYLES)
+VOCAB = (SHAPE_WORD, STYLE_WORD, *NAMED_SHAPES, *NAMED_STYLES)
+
+prompt = world.prompt
+to_latent, to_rgb = world.to_latent, world.to_rgb
+
+
+def words(shape: str | None, style: str | None) -> tuple[str | None, str | None]:
+    """The caption words of a (shape, style): its name if it has one, else "shape" / "pattern"."""
+    sw = None if shape is None else (shape if shape in NAMED_SHAPES else SHAPE_WORD)
+    yw = None if style is None else (style if style in NAMED_STYLES else STYLE_WORD)
+    return sw, yw
+
+
+def caption(shape: str | None, style: str | None, trigger: bool = False) -> str:
+    return prompt(*words(shape, style), trigger=trigger)
+
+
+def batch(pairs, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    rng = np.random.default_rng(seed)
+    images = np.stack([world.render(s, y, size, rng) for s, y in pairs])
+    return (torch.from_numpy(images), torch.tensor([SHAPES.index(s) for s, _ in pairs]),
+            torch.tensor([STYLES.index(y) for _, y in pairs]))
+
+
+def random_pairs(n: int, seed: int, pairs=None) -> list[tuple[str, str]]:
+    pool = list(pairs) if pairs is not None else [(s, y) for s in SHAPES for y in STYLES]
+    rng = np.random.default_rng(seed)
+    return [pool[i] for i in rng.integers(0, len(pool), n)]
+
+
+def encoder(tokens: int = 8) -> world.WordEncoder:
+    return world.WordEncoder(seed=4321, tokens=tokens, words=VOCAB)
+
+
+def partner(subject: tuple[str, str]) -> tuple[str, str]:
+    """The subject whose style crosses with this one's content: the next shape and the next texture, so the
+    crossed pair shares neither factor with either training image."""
+    s, y = subject
+    return (UNNAMED_SHAPES[(UNNAMED_SHAPES.index(s) + 1) % 4], UNNAMED_STYLES[(UNNAMED_STYLES.index(y) + 1) % 4])
