@@ -25,6 +25,7 @@ from unziplora_pack.training.jobs import JobManager, ResumeRefused
 from unziplora_pack.training.loop import Trainer, TrainInputs
 from unziplora_pack.training.model_copy import private_unet_copy
 from unziplora_pack.training.paths import PathDisplay
+from unziplora_pack.training.retention import CheckpointRetention
 from unziplora_pack.training.service import OutputDirs, TrainingService
 from unziplora_pack.unziplora import lora_files
 
@@ -81,13 +82,13 @@ def loadable_step(path):
 
 def test_retention_keeps_only_what_resume_needs(svc, base_inputs, monkeypatch):
     seen = []
-    real = jobs_mod.JobManager._after_checkpoint
+    real = CheckpointRetention.after_checkpoint
 
     def spy(self, job, previous):
         real(self, job, previous)
         seen.append(folder_files(svc, job.id))
 
-    monkeypatch.setattr(jobs_mod.JobManager, "_after_checkpoint", spy)
+    monkeypatch.setattr(CheckpointRetention, "after_checkpoint", spy)
     done = svc.manager.wait(start(svc, base_inputs).id, 240)
     assert done.state == "done", done.error
     assert seen == [["step_000002.pt"], ["step_000004.pt"]], "only the newest checkpoint is kept while running"

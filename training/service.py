@@ -128,8 +128,6 @@ class TrainingService:
                 torch.set_num_threads(ctx.job.info["cpu_threads"])
             checkpoint_dir = os.path.join(self.dirs.checkpoints, ctx.job.id)
             trainer = Trainer(inputs, config, device=device, checkpoint_dir=checkpoint_dir)
-            if resume_from:
-                ctx.job.checkpoint = resume_from
             renderer = None
             if inputs.preview is not None and config.preview_every and self.dirs.previews:
                 renderer = PreviewRenderer(inputs.preview, inputs, config, trainer.objective, trainer.device,
