@@ -20,7 +20,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from ..unziplora.checkpointing import DEEP_BLOCKS, enable_checkpointing
+from ..unziplora.checkpointing import apply_mode, checkpointing_mode
 from ..unziplora.content_style import ContentStyleLoRA
 from ..unziplora.kv_patch import predict_eps
 from ..unziplora.roles import get_mode
@@ -146,6 +146,8 @@ class Trainer:
         self.mode = get_mode(config.mode)
         self.dtype, self.use_scaler = pick_precision(self.config, self.device)
         self.objective = inputs.objective or sdxl_default()
+        # what is checkpointed (all / deep / off): decided once, the VRAM estimate plans with the same value
+        self.checkpointing = checkpointing_mode(self.config.gradient_checkpointing, self.device)
         # step factors per group of alike linears (ContentStyleLoRA.step_factors); False for A/B benchmarks
         self.group_step_factors = True
 
@@ -160,10 +162,7 @@ class Trainer:
         lora = ContentStyleLoRA(unet, self.mode, rank=cfg.rank, generator=gen)
         move_module(lora, self.device)
         lora.attach(unet)
-        if cfg.gradient_checkpointing == "on" or (cfg.gradient_checkpointing == "auto" and self.device.type != "cpu"):
-            enable_checkpointing(unet)
-        elif cfg.gradient_checkpointing == "selective":
-            enable_checkpointing(unet, DEEP_BLOCKS)
+        apply_mode(unet, self.checkpointing)
         optimizer, self.optimizer_name = make_optimizer(lora, cfg, self.device)
         schedule = ColumnSchedule(lora, cfg.steps, sample_times=cfg.sample_times, column_ratio=cfg.column_ratio,
                                   threshold=cfg.score_threshold)

@@ -177,8 +177,8 @@ def gpu_reservation(ctx: JobContext, trainer: Trainer, inputs: TrainInputs, conf
 
     if not vram.accounts_for(trainer.device):
         return None
-    checkpointing = config.gradient_checkpointing == "on" or config.gradient_checkpointing == "auto"
-    budget = vram.estimate_job_bytes(inputs.unet, config.resolution, trainer.dtype, checkpointing, config.rank)
+    # the mode the loop applies (selective checkpoints the deep blocks: planned as such, not as "off")
+    budget = vram.estimate_job_bytes(inputs.unet, config.resolution, trainer.dtype, trainer.checkpointing, config.rank)
     error, warning = vram.fit_message(budget, vram.device_total(trainer.device),
                                       floor=vram.weight_bytes(inputs.unet, trainer.dtype))
     if error:
