@@ -34,6 +34,13 @@ for h in $hosts; do bash scripts/setup_dev.sh --host "$h"; done
 "$venv/bin/ruff" check .
 
 results=() failed=0 first=1
+# the browser extension's pure helpers (web/js/format.js, plot.js), without a browser: Node's own test runner
+if command -v node >/dev/null; then
+  if node --test tests/js/; then results+=("JS unit tests (node --test tests/js): passed")
+  else results+=("JS unit tests (node --test tests/js): FAILED"); failed=1; fi
+else
+  results+=("JS unit tests: FAILED, no node (scripts/setup_dev.sh installs Debian's nodejs)"); failed=1
+fi
 for h in $hosts; do
   t0=$(date +%s)
   # tests that touch no ComfyUI code (marker host_independent, tests/conftest.py) run on the first host only;

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from dataclasses import asdict, dataclass, field
@@ -49,10 +50,29 @@ class JobRecord:
         return (self.state in RESUMABLE and self.checkpoint is not None and self.resume_prompt is not None
                 and self.continued_by is None)
 
+    @property
+    def selection_steps(self) -> list[int]:
+        """Steps at which the column schedule selects columns ([] for modes without column separation): what the
+        loss plot marks, so the browser does not re-derive the schedule."""
+        from ..unziplora.roles import MODES
+        from ..unziplora.schedule import selection_steps
+
+        config = self.info.get("config")
+        try:
+            config = json.loads(config) if isinstance(config, str) else config
+            mode = MODES.get(config.get("mode", self.info.get("mode")))
+            if mode is None or not mode.column_separation:
+                return []
+            return selection_steps(int(config.get("steps") or self.total), int(config.get("sample_times") or 0))
+        except (ValueError, TypeError, AttributeError):
+            return []
+
     def public(self, display: PathDisplay | None = None) -> dict:
         d = asdict(self)
         d.pop("resume_prompt")
         d["resumable"] = self.resumable
+        d["active"] = self.state in ACTIVE  # the browser's one test for "still going"
+        d["selection_steps"] = self.selection_steps
         if display is not None:
             d["outputs"] = {k: display.path(v) for k, v in d["outputs"].items()}
             d["checkpoint"] = display.path(d["checkpoint"])
