@@ -84,8 +84,8 @@ class JobContext:
         # events every step for small jobs, at most ~4 per second otherwise; the file at most every 2 s
         if now - self._last_emit >= 0.25 or step == total:
             self._last_emit = now
-            self._m._emit(job)
-        self._m._save(throttle=True)
+            self._m.announce(job)
+        self._m.persist(throttle=True)
 
     def _previews_eta(self, step: int) -> float:
         if not self.previews_rendered or self.previews_left is None:
@@ -102,7 +102,7 @@ class JobContext:
             self._last_step_at = now
         if now - self._last_emit >= 0.25:
             self._last_emit = now
-            self._m._emit(job)
+            self._m.announce(job)
 
     def preview_done(self, seconds: float) -> None:
         self.preview_seconds += seconds
@@ -113,8 +113,8 @@ class JobContext:
 
     def add_preview(self, entry: dict) -> None:
         self.job.previews = (self.job.previews + [entry])[-12:]
-        self._m._emit(self.job, kind="preview")
-        self._m._save()
+        self._m.announce(self.job, kind="preview")
+        self._m.persist()
 
 
 Work = Callable[[JobContext], dict]
@@ -219,6 +219,15 @@ class JobManager:
 
     def public(self, job: JobRecord) -> dict:
         return job.public(self.display)
+
+    # what a job's work (JobContext) may call: tell the browsers, write jobs.json
+    def announce(self, job: JobRecord, kind: str = "progress") -> None:
+        """Send the job's record to every browser (kind: progress, preview or state)."""
+        self._emit(job, kind)
+
+    def persist(self, throttle: bool = False) -> None:
+        """Write jobs.json (throttle: at most every 2 s, for per-step updates)."""
+        self._save(throttle=throttle)
 
     # ---- checkpoints (the rule: retention.py) ------------------------------------------------------------
     @property
