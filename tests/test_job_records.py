@@ -26,12 +26,14 @@ def test_selection_steps_follow_the_schedules_own_rule(mode, steps, times, expec
     config = TrainConfig(mode=mode, steps=steps, sample_times=times)
     job = JobRecord(id="0123456789ab", name="x", total=steps, info={"mode": mode, "config": config.to_json()})
     assert job.public()["selection_steps"] == expected
+    assert job.public()["info"]["config"] == json.loads(config.to_json())  # an object, not JSON inside JSON
     if expected:
         period = schedule_period(steps, times)
         assert all(g % period == 1 % period for g in expected)
 
 
 def test_a_record_without_settings_marks_nothing():
-    assert JobRecord(id="0123456789ab", name="x", info={"config": "{not json"}).public()["selection_steps"] == []
+    damaged = JobRecord(id="0123456789ab", name="x", info={"config": "{not json"}).public()
+    assert damaged["selection_steps"] == [] and "config" not in damaged["info"]
     assert JobRecord(id="0123456789ab", name="x").public()["selection_steps"] == []
     assert json.dumps(JobRecord(id="0123456789ab", name="x").public())

@@ -73,6 +73,11 @@ class JobRecord:
         d["resumable"] = self.resumable
         d["active"] = self.state in ACTIVE  # the browser's one test for "still going"
         d["selection_steps"] = self.selection_steps
+        if isinstance(d["info"].get("config"), str):  # kept as TrainConfig.to_json() in jobs.json: sent as an object
+            try:
+                d["info"]["config"] = json.loads(d["info"]["config"])
+            except ValueError:
+                d["info"].pop("config")
         if display is not None:
             d["outputs"] = {k: display.path(v) for k, v in d["outputs"].items()}
             d["checkpoint"] = display.path(d["checkpoint"])
