@@ -11,20 +11,16 @@ from __future__ import annotations
 import errno
 import gc
 import os
-import re
 
 import torch
+
+from . import checkpoints
 
 _DISK_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.EIO}
 
 
-def _checkpoint_step(path: str | None) -> int | None:
-    m = re.search(r"step_(\d+)\.pt$", os.path.basename(path or ""))
-    return int(m.group(1)) if m else None
-
-
 def kept_checkpoint(job) -> str:
-    step = _checkpoint_step(job.checkpoint) if job.checkpoint and os.path.isfile(job.checkpoint) else None
+    step = checkpoints.step_of(job.checkpoint) if job.checkpoint and os.path.isfile(job.checkpoint) else None
     if step is None:
         return "no checkpoint was saved before it, so a resume would start over"
     return f"the last good checkpoint (step {step}) is kept: Resume continues from it"

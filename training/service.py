@@ -9,14 +9,13 @@ Folders (under ComfyUI's, resolved by the node layer and passed in):
 from __future__ import annotations
 
 import os
-import re
 import threading
 from dataclasses import dataclass
 
 import torch
 
 from .config import TrainConfig
-from . import faults
+from . import checkpoints, faults
 from .export import export_run, output_names
 from .jobs import JobContext, JobManager, JobRecord
 from .loop import Trainer, TrainInputs
@@ -70,12 +69,6 @@ def cpu_training_threads(environ=os.environ) -> int:
     return max(1, cores - 1)
 
 
-def checkpoint_step(path: str) -> int:
-    """The step a checkpoint was saved at, from its name (step_NNNNNN.pt, as Trainer.save_checkpoint writes it)."""
-    m = re.search(r"step_(\d+)\.pt$", os.path.basename(path))
-    return int(m.group(1)) if m else 0
-
-
 def preview_rounds_after(step: int, config: TrainConfig) -> int:
     """Preview rounds still to come after `step` (every preview_every steps, and at the last one)."""
     every, total = config.preview_every, config.steps
@@ -116,7 +109,7 @@ class TrainingService:
             work = self._work(inputs, config, final_name, base_name, resume_from)
             job = self.manager.submit(final_name, work, total=config.steps, info=info, resume_prompt=resume_prompt,
                                       resumed_from=resume_job.id if resume_job else None,
-                                      step=checkpoint_step(resume_from) if resume_from else 0)
+                                      step=checkpoints.step_of(resume_from) or 0)
         return job
 
     def _work(self, inputs: TrainInputs, config: TrainConfig, name: str, base_name: str, resume_from: str | None):
