@@ -67,6 +67,10 @@ def export_explained(export, job, device):
     problem = None
     try:
         return export()
+    except FileExistsError as e:  # a file took the job's output name while it trained: never overwritten
+        problem = FileExistsError(errno.EEXIST, f"could not write the trained files: {e}, which appeared while the job "
+                                                f"trained. Nothing was written; move it away and Resume: "
+                                                f"{kept_checkpoint(job)}")
     except (OSError, RuntimeError) as e:  # safetensors reports a failed write as its own (RuntimeError-like) error
         reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).strip().splitlines()[0][:300]
         problem = OSError(getattr(e, "errno", None) or errno.EIO,

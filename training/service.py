@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..unziplora.lora_files import pair_paths
 from .config import TrainConfig
 from . import checkpoints, faults
 from .export import export_run, output_names
@@ -100,11 +101,8 @@ class TrainingService:
             info = dict(inputs.info, output_name=final_name, requested_name=name, mode=config.mode,
                         node_id=node_id, workflow_id=workflow_id, base_model=base_name, config=config.to_json(),
                         cpu_threads=cpu_threads)
-            info["planned_outputs"] = {
-                "content": os.path.join(self.dirs.loras, f"{final_name}_content.safetensors"),
-                "style": os.path.join(self.dirs.loras, f"{final_name}_style.safetensors"),
-                "bundle": os.path.join(self.dirs.bundles, f"{final_name}.safetensors"),
-            }
+            info["planned_outputs"] = dict(zip(("content", "style", "bundle"),
+                                               pair_paths(self.dirs.loras, final_name, self.dirs.bundles)))
             resume_from = resume_job.checkpoint if resume_job else None
             work = self._work(inputs, config, final_name, base_name, resume_from)
             job = self.manager.submit(final_name, work, total=config.steps, info=info, resume_prompt=resume_prompt,
@@ -156,7 +154,8 @@ class TrainingService:
                     torch.cuda.empty_cache()
             return faults.export_explained(
                 lambda: export_run(result, config, self.dirs, name, inputs, base_name=base_name,
-                                   started_at=ctx.job.started, preview_dir=renderer.out_dir if renderer else None),
+                                   started_at=ctx.job.started, preview_dir=renderer.out_dir if renderer else None,
+                                   name_decided=True),
                 ctx.job, device)
 
         return work
