@@ -111,54 +111,86 @@ class TrainingService:
         return job
 
     def _work(self, inputs: TrainInputs, config: TrainConfig, name: str, base_name: str, resume_from: str | None):
-        def work(ctx: JobContext) -> dict:
-            device = self.device or default_device()
-            if ctx.job.info.get("cpu_threads"):
-                # OpenMP/MKL keep the count per thread: ComfyUI's prompt thread, which has run torch ops before
-                # any job starts, keeps its own
-                torch.set_num_threads(ctx.job.info["cpu_threads"])
-            checkpoint_dir = os.path.join(self.dirs.checkpoints, ctx.job.id)
-            trainer = Trainer(inputs, config, device=device, checkpoint_dir=checkpoint_dir)
-            renderer = None
-            if inputs.preview is not None and config.preview_every and self.dirs.previews:
-                renderer = PreviewRenderer(inputs.preview, inputs, config, trainer.objective, trainer.device,
-                                           trainer.dtype, os.path.join(self.dirs.previews, ctx.job.id),
-                                           f"{self.dirs.previews_subfolder}/{ctx.job.id}")
-                renderer.should_stop = lambda: ctx.stop_requested  # Cancel does not wait for a preview
-                renderer.on_tick, renderer.on_done = ctx.preview_tick, ctx.preview_done
-                ctx.previews_left = lambda step: preview_rounds_after(step, config)
-            reservation = gpu_reservation(ctx, trainer, inputs, config)
-            first = {}
+        return TrainingJob(self, inputs, config, name, base_name, resume_from)
 
-            def progress(step, total, loss=None):
-                if reservation is not None and loss is not None:
-                    # the first steps set the budget from the measured peak; later ones follow slow growth
-                    # (a resumed run's first call, loss None, comes before any step: nothing measured yet)
-                    first.setdefault("step", step - 1)
-                    if step - first["step"] <= 2 or step % 25 == 0:
-                        reservation.measure()
-                ctx.progress(step, total, loss)
 
-            try:
-                result = faults.explained(lambda: trainer.run(
-                    progress=progress, should_stop=lambda: ctx.stop_requested, resume_from=resume_from,
-                    on_checkpoint=ctx.set_checkpoint, previews=renderer,
-                    on_preview=lambda entries: [ctx.add_preview(e) for e in entries]), ctx.job, device)
-            finally:
-                if reservation is not None:
-                    reservation.release()
-                    ctx.job.info.update(gpu_peak_allocated=reservation.peak_allocated,
-                                        gpu_peak_reserved=reservation.peak_reserved)
-                inputs.unet.to("cpu")
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
-            return faults.export_explained(
-                lambda: export_run(result, config, self.dirs, name, inputs, base_name=base_name,
-                                   started_at=ctx.job.started, preview_dir=renderer.out_dir if renderer else None,
-                                   name_decided=True),
-                ctx.job, device)
+class TrainingJob:
+    """One job's work (JobManager calls it with the job's JobContext), as named steps: use the job's CPU threads,
+    build the trainer and the preview renderer, reserve GPU memory, train, give the device back, export.
+    Holds the job's private UNet copy: the manager drops it once the job has ended."""
 
-        return work
+    def __init__(self, service: TrainingService, inputs: TrainInputs, config: TrainConfig, name: str,
+                 base_name: str, resume_from: str | None):
+        self.dirs = service.dirs
+        self.device = service.device
+        self.inputs, self.config, self.name, self.base_name = inputs, config, name, base_name
+        self.resume_from = resume_from
+
+    def __call__(self, ctx: JobContext) -> dict:
+        device = self.device or default_device()
+        self.use_cpu_threads(ctx)
+        trainer = Trainer(self.inputs, self.config, device=device,
+                          checkpoint_dir=os.path.join(self.dirs.checkpoints, ctx.job.id))
+        renderer = self.preview_renderer(ctx, trainer)
+        reservation = gpu_reservation(ctx, trainer, self.inputs, self.config)
+        try:
+            result = self.train(ctx, trainer, renderer, reservation, device)
+        finally:
+            self.release(ctx, reservation, device)
+        return self.export(ctx, result, renderer, device)
+
+    def use_cpu_threads(self, ctx: JobContext) -> None:
+        if ctx.job.info.get("cpu_threads"):
+            # OpenMP/MKL keep the count per thread: ComfyUI's prompt thread, which has run torch ops before any
+            # job starts, keeps its own
+            torch.set_num_threads(ctx.job.info["cpu_threads"])
+
+    def preview_renderer(self, ctx: JobContext, trainer: Trainer) -> PreviewRenderer | None:
+        inputs, config = self.inputs, self.config
+        if inputs.preview is None or not config.preview_every or not self.dirs.previews:
+            return None
+        renderer = PreviewRenderer(inputs.preview, inputs, config, trainer.objective, trainer.device,
+                                   trainer.dtype, os.path.join(self.dirs.previews, ctx.job.id),
+                                   f"{self.dirs.previews_subfolder}/{ctx.job.id}")
+        renderer.should_stop = lambda: ctx.stop_requested  # Cancel does not wait for a preview
+        renderer.on_tick, renderer.on_done = ctx.preview_tick, ctx.preview_done
+        ctx.previews_left = lambda step: preview_rounds_after(step, config)
+        return renderer
+
+    def train(self, ctx: JobContext, trainer: Trainer, renderer, reservation, device):
+        first = {}
+
+        def progress(step, total, loss=None):
+            if reservation is not None and loss is not None:
+                # the first steps set the budget from the measured peak; later ones follow slow growth
+                # (a resumed run's first call, loss None, comes before any step: nothing measured yet)
+                first.setdefault("step", step - 1)
+                if step - first["step"] <= 2 or step % 25 == 0:
+                    reservation.measure()
+            ctx.progress(step, total, loss)
+
+        return faults.explained(lambda: trainer.run(
+            progress=progress, should_stop=lambda: ctx.stop_requested, resume_from=self.resume_from,
+            on_checkpoint=ctx.set_checkpoint, previews=renderer,
+            on_preview=lambda entries: [ctx.add_preview(e) for e in entries]), ctx.job, device)
+
+    def release(self, ctx: JobContext, reservation, device) -> None:
+        """However training ended: the GPU reservation goes, the UNet copy leaves the device."""
+        if reservation is not None:
+            reservation.release()
+            ctx.job.info.update(gpu_peak_allocated=reservation.peak_allocated,
+                                gpu_peak_reserved=reservation.peak_reserved)
+        self.inputs.unet.to("cpu")
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def export(self, ctx: JobContext, result, renderer, device) -> dict:
+        """The files, under the name the job was given when it started (never another one)."""
+        return faults.export_explained(
+            lambda: export_run(result, self.config, self.dirs, self.name, self.inputs, base_name=self.base_name,
+                               started_at=ctx.job.started, preview_dir=renderer.out_dir if renderer else None,
+                               name_decided=True),
+            ctx.job, device)
 
 
 def gpu_reservation(ctx: JobContext, trainer: Trainer, inputs: TrainInputs, config: TrainConfig):
