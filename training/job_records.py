@@ -40,7 +40,7 @@ class JobRecord:
     started: float | None = None
     finished: float | None = None
     info: dict = field(default_factory=dict)  # mode, prompts, base model, node id: whatever the UI shows
-    resume_prompt: dict | None = None  # the API prompt that started it, to re-queue with resume_from set
+    resume_prompt: dict | None = None  # the API prompt that started it, re-queued by POST .../resume (extra data)
     resumed_from: str | None = None
     continued_by: str | None = None  # the job that resumed this one: a job is resumed at most once
     resume_pending: str | None = None  # prompt id of a queued resume of this job (POST .../resume)
