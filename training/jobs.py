@@ -133,6 +133,7 @@ class JobManager:
         self._contexts: dict[str, JobContext] = {}
         self._queue: queue.Queue = queue.Queue()
         self._worker: threading.Thread | None = None
+        self._ending: set[str] = set()  # final already, its checkpoints not yet tidied / its last event not yet sent
         self._last_save = 0.0
         self._load()
 
@@ -355,9 +356,10 @@ class JobManager:
         return [j.id for j in active]
 
     def wait(self, job_id: str, timeout: float | None = None) -> JobRecord:
-        """Block until the job is final (tests, the blocking run mode)."""
+        """Block until the job is final, its checkpoints tidied and its last event sent (tests, the blocking run
+        mode)."""
         end = None if timeout is None else time.time() + timeout
-        while self._jobs[job_id].state not in FINAL:
+        while self._jobs[job_id].state not in FINAL or job_id in self._ending:
             if end is not None and time.time() > end:
                 raise TimeoutError(f"job {job_id} still {self._jobs[job_id].state} after {timeout} s")
             time.sleep(0.05)
@@ -389,6 +391,7 @@ class JobManager:
             self._contexts.pop(job_id, None)
             return
         job.state, job.started = "running", time.time()
+        self._ending.add(job_id)
         self._save()
         self._emit(job, kind="state")
         try:
@@ -413,6 +416,7 @@ class JobManager:
                     self.retention.after_end(job)
             except OSError:
                 log.exception("unziplora: could not tidy the checkpoints of job %s", job_id)
-            self._save()
-            self._emit(job, kind="state")
-
+            finally:
+                self._save()
+                self._emit(job, kind="state")
+                self._ending.discard(job_id)

@@ -81,7 +81,7 @@ class CheckpointRetention:
         if job.state in ACTIVE:
             return f"is {job.state}"
         if job.state in RESUMABLE and job.continued_by is None:
-            return "is being resumed" if self._resume_waiting(job) else "can be resumed"
+            return "can be resumed"
         return None
 
     def claims(self, path: str) -> list[tuple[JobRecord, str]]:
@@ -163,8 +163,8 @@ class CheckpointRetention:
             files.append(job.checkpoint)  # a queued resume points into its parent's folder
         for path in files:
             for other, why in self.claims(path):
-                if other is job and why == "can be resumed":
-                    continue  # what DELETE gives up on purpose
+                if other is job and not self._resume_waiting(job):
+                    continue  # its own resumability: what DELETE gives up on purpose
                 if other is job:
                     return (f"job {job.id} is being resumed by prompt {job.resume_pending}: delete its checkpoints "
                             "once that resume has ended (or was removed from the queue)")
