@@ -320,7 +320,8 @@ def _ours_step(unet, rank, resolution, fake_mode, mode="unziplora", optimizer="a
     trainer = Trainer(TrainInputs(unet=unet, streams=streams, posteriors=post, adm=adm), cfg, device="cpu")
     trainer.dtype = torch.bfloat16  # pick_precision keeps fp32 on a CPU; the bench simulates a bf16 GPU
     with fake_mode:
-        unet, lora, optimizer, schedule, scaler, gen, streams = trainer._setup()
+        state = trainer._setup()
+        lora, optimizer, schedule = state.lora, state.optimizer, state.schedule
         # between selections, the common step: masks on, mergers trained on the overlap, L_orth on
         # (the selection itself is skipped: its top-K indexing has data-dependent shapes, and it runs 3 times a
         # run on one layer at a time; bench_train.py counts its ops)
@@ -331,10 +332,11 @@ def _ours_step(unet, rank, resolution, fake_mode, mode="unziplora", optimizer="a
         # what the loop builds once and reuses every step: the overlap keep-masks and L_orth's plan
         schedule._zero_merger_grads_off_overlap()
         orth_loss(lora)
-    params = [p for g in optimizer.param_groups for p in g["params"]]
+    params = state.params
 
     def step():
-        return trainer.step(2, unet, lora, optimizer, schedule, scaler, gen, streams, params)
+        state.step = 2  # always the same step of the schedule
+        return trainer.step(state)
 
     def prepared():
         return [t for _, _, d in lora.items() for pair in (d._prepared or {}).values() for t in pair]

@@ -51,6 +51,14 @@ def _emit(event: str, data: dict) -> None:
         server.send_sync(event, data, None)  # None: every browser tab sees every job
 
 
+def _resume_prompt_waiting(prompt_id: str) -> bool:
+    """Whether a resume prompt is still queued or running in ComfyUI (what DELETE of its checkpoint must respect)."""
+    from .routes import _prompt_waiting
+
+    server = prompt_server()
+    return server is not None and _prompt_waiting(server, prompt_id)
+
+
 def service() -> TrainingService:
     global _service
     with _lock:
@@ -59,6 +67,7 @@ def service() -> TrainingService:
 
             dirs = register_folders()
             state = os.path.join(folder_paths.get_user_directory(), "unziplora", "jobs.json")
-            _service = TrainingService(JobManager(state, emit=_emit, checkpoint_root=dirs.checkpoints,
-                                                  display=path_display()), dirs)
+            manager = JobManager(state, emit=_emit, checkpoint_root=dirs.checkpoints, display=path_display())
+            manager.prompt_waiting = _resume_prompt_waiting
+            _service = TrainingService(manager, dirs)
         return _service

@@ -162,6 +162,17 @@ else
   printf 'COMFYUI_DIR=%s\nUNZIPLORA_FRONTEND_ROOT=%s\n' "$comfy" "$front_root" > "$repo/.comfyui-b.env"
 fi
 
+# 6b. Node.js for the unit tests of the browser extension's pure helpers (tests/js, node --test)
+if ! command -v node >/dev/null; then
+  if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    say "installing Debian's nodejs"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs >/dev/null) \
+      || say "WARNING: nodejs could not be installed; the JS unit tests will fail"
+  else
+    say "WARNING: no node and no root apt-get; the JS unit tests will fail"
+  fi
+fi
+
 # 7. a headless browser for the UI tests (Debian's chromium; never a downloaded browser build)
 if [ -z "${SKIP_BROWSER:-}" ] && [ ! -x /usr/bin/chromium ]; then
   if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then

@@ -33,15 +33,30 @@ esac
 for h in $hosts; do bash scripts/setup_dev.sh --host "$h"; done
 "$venv/bin/ruff" check .
 
-results=() failed=0
+results=() failed=0 first=1
+# the browser extension's pure helpers (web/js/format.js, plot.js), without a browser: Node's own test runner
+if command -v node >/dev/null; then
+  if node --test tests/js/; then results+=("JS unit tests (node --test tests/js): passed")
+  else results+=("JS unit tests (node --test tests/js): FAILED"); failed=1; fi
+else
+  results+=("JS unit tests: FAILED, no node (scripts/setup_dev.sh installs Debian's nodejs)"); failed=1
+fi
 for h in $hosts; do
   t0=$(date +%s)
+  # tests that touch no ComfyUI code (marker host_independent, tests/conftest.py) run on the first host only;
+  # with arguments (a chosen file or -k) everything chosen runs on every host
+  only=()
+  if [ "$first" -eq 0 ] && [ "$#" -eq 0 ]; then
+    only=(-m "not host_independent")
+    say "host $h: host-independent tests ran on the first host; skipping them here"
+  fi
+  first=0
   set +e
   if [ "$h" = b ]; then
     # host b's paths, written by setup_dev.sh --host b
-    (set -a; . "$repo/.comfyui-b.env"; set +a; "$venv/bin/python" -m pytest -q --durations=15 "$@")
+    (set -a; . "$repo/.comfyui-b.env"; set +a; "$venv/bin/python" -m pytest -q --durations=15 "${only[@]}" "$@")
   else
-    "$venv/bin/python" -m pytest -q --durations=15 "$@"
+    "$venv/bin/python" -m pytest -q --durations=15 "${only[@]}" "$@"
   fi
   rc=$?
   set -e

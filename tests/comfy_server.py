@@ -31,7 +31,6 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 PACK_FOLDER = "comfyui-unziplora"  # the pack's folder name inside <base>/custom_nodes
@@ -543,26 +542,3 @@ def starve_sampler_memory(monkeypatch) -> None:
         return real(*args, **kwargs)
 
     monkeypatch.setattr(comfy.model_management, "get_free_memory", get_free_memory)
-
-
-# ----------------------------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="session")
-def tiny_checkpoint() -> Path:
-    """The tiny random-weight SDXL checkpoint (generated on first use, ~30 s; cached afterwards)."""
-    return ensure_tiny_checkpoint()
-
-
-@pytest.fixture(scope="session")
-def comfy_server(tmp_path_factory, tiny_checkpoint):
-    """One ComfyUI server for the session, with this pack and the tiny checkpoint."""
-    base = make_base_dir(tmp_path_factory.mktemp("comfy_base"), checkpoint=tiny_checkpoint)
-    handle = start_server(base)
-    yield handle
-    handle.stop()
-
-
-@pytest.fixture
-def comfy_client(comfy_server) -> ComfyClient:
-    return comfy_server.client()

@@ -54,11 +54,46 @@ def tiny_sdxl():
     return build_tiny_sdxl(seed=0)
 
 
-# --- live ComfyUI server fixtures (tests/comfy_server.py) ---
-from comfy_server import comfy_client, comfy_server, tiny_checkpoint  # noqa: E402, F401
+# --- live ComfyUI server fixtures (the helpers: tests/comfy_server.py, which scripts use without pytest) ---
+from comfy_server import ComfyClient, ensure_tiny_checkpoint, make_base_dir, start_server  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint() -> Path:
+    """The tiny random-weight SDXL checkpoint (generated on first use, ~30 s; cached afterwards)."""
+    return ensure_tiny_checkpoint()
+
+
+@pytest.fixture(scope="session")
+def comfy_server(tmp_path_factory, tiny_checkpoint):
+    """One ComfyUI server for the session, with this pack and the tiny checkpoint."""
+    base = make_base_dir(tmp_path_factory.mktemp("comfy_base"), checkpoint=tiny_checkpoint)
+    handle = start_server(base)
+    yield handle
+    handle.stop()
+
+
+@pytest.fixture
+def comfy_client(comfy_server) -> ComfyClient:
+    return comfy_server.client()
 
 
 def pytest_report_header(config):
     from comfy_server import host_description
 
     return f"host: {host_description()}"
+
+
+# Test files that exercise no ComfyUI code (no comfy import, no tiny model, no server): the same on every host, so
+# scripts/test.sh runs them on the first host only (`-m "not host_independent"` on the others). A file that starts
+# to use ComfyUI must leave this list.
+HOST_INDEPENDENT = {
+    "test_adamw_bf16.py", "test_bad_inputs.py", "test_columns.py", "test_cpu_threads.py", "test_gpu_check.py",
+    "test_job_records.py", "test_jobs.py", "test_main_without_pytest.py", "test_retention.py", "test_schedule.py", "test_step_ops.py",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.path.name in HOST_INDEPENDENT:
+            item.add_marker(pytest.mark.host_independent)

@@ -25,6 +25,7 @@ from unziplora_pack.training.jobs import JobManager, ResumeRefused
 from unziplora_pack.training.loop import Trainer, TrainInputs
 from unziplora_pack.training.model_copy import private_unet_copy
 from unziplora_pack.training.paths import PathDisplay
+from unziplora_pack.training.retention import CheckpointRetention
 from unziplora_pack.training.service import OutputDirs, TrainingService
 from unziplora_pack.unziplora import lora_files
 
@@ -81,13 +82,13 @@ def loadable_step(path):
 
 def test_retention_keeps_only_what_resume_needs(svc, base_inputs, monkeypatch):
     seen = []
-    real = jobs_mod.JobManager._after_checkpoint
+    real = CheckpointRetention.after_checkpoint
 
     def spy(self, job, previous):
         real(self, job, previous)
         seen.append(folder_files(svc, job.id))
 
-    monkeypatch.setattr(jobs_mod.JobManager, "_after_checkpoint", spy)
+    monkeypatch.setattr(CheckpointRetention, "after_checkpoint", spy)
     done = svc.manager.wait(start(svc, base_inputs).id, 240)
     assert done.state == "done", done.error
     assert seen == [["step_000002.pt"], ["step_000004.pt"]], "only the newest checkpoint is kept while running"
@@ -155,11 +156,13 @@ def test_disk_full_while_saving_a_checkpoint(svc, base_inputs, monkeypatch):
 ])
 def test_a_failed_checkpoint_write_leaves_no_file(base_inputs, tmp_path, monkeypatch, error, words):
     t = Trainer(make_inputs(base_inputs), CFG, checkpoint_dir=str(tmp_path))
-    parts = t._setup()
-    t.save_checkpoint(2, *parts[1:6])
+    state = t._setup()
+    state.step = 2
+    t.save_checkpoint(state)
     _failing_save(1, error, monkeypatch)
+    state.step = 4
     with pytest.raises(OSError, match=f"could not save the checkpoint of step 4: .*{words}"):
-        t.save_checkpoint(4, *parts[1:6])
+        t.save_checkpoint(state)
     assert os.listdir(tmp_path) == ["step_000002.pt"] and loadable_step(tmp_path / "step_000002.pt") == 2
 
 
@@ -217,11 +220,12 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(svc, base_inputs, mon
 
 def test_a_checkpoint_of_non_finite_weights_is_never_written(base_inputs, tmp_path):
     t = Trainer(make_inputs(base_inputs), CFG, checkpoint_dir=str(tmp_path))
-    unet, lora, optimizer, schedule, scaler, gen, _ = t._setup()
+    state = t._setup()
     with torch.no_grad():
-        next(iter(lora.parameters())).fill_(float("inf"))
+        next(iter(state.lora.parameters())).fill_(float("inf"))
+    state.step = 2
     with pytest.raises(FloatingPointError, match="no longer finite at step 2: not saved"):
-        t.save_checkpoint(2, lora, optimizer, schedule, scaler, gen)
+        t.save_checkpoint(state)
     assert os.listdir(tmp_path) == []
 
 

@@ -125,7 +125,9 @@ def test_clone_shares_parameters_and_to_is_harmless(tiny_sdxl, lora):
     clone = patched.clone().clone()
     slots = patched.model_options["transformer_options"]["patches_replace"]["attn2"]
     cslots = clone.model_options["transformer_options"]["patches_replace"]["attn2"]
-    assert len(slots) == 11 and all(cslots[k] is p for k, p in slots.items())
+    # a clone has its own patch objects (a patch added on it stays there) over the same LoRA factors
+    assert len(slots) == 11 and all(cslots[k] is not p and cslots[k].to_k is p.to_k and cslots[k].to_v is p.to_v
+                                    and cslots[k].owner is lora for k, p in slots.items())
     p = cslots[("output", 0, 0)]
     assert p.to_k is lora.dual("output_blocks.0.1.transformer_blocks.0.attn2.to_k")
     assert p.to_k.content.up.data_ptr() == lora.dual(
@@ -304,3 +306,95 @@ def test_uncond_branch_reaches_attention_without_lora_kv(tiny_sdxl, lora):
             assert err < 1e-5, f"the LoRA changed the unconditional K (relative {err:.1e})"
         else:
             assert err > 1e-3, "the spy sees no LoRA delta in the conditional K"
+
+
+class IPAdapterLikeAttention:
+    """An attn2 replace patch that takes more callbacks with `.add(callback, **kwargs)`, as IPAdapter's does:
+    each callback's result is added to the attention output while sigma is in [sigma_end, sigma_start]."""
+
+    def __init__(self, callback, **kwargs):
+        self.callbacks = [(callback, kwargs)]
+
+    def add(self, callback, **kwargs):
+        self.callbacks.append((callback, kwargs))
+
+    def __call__(self, q, k, v, extra):
+        import comfy.ldm.modules.attention as attention
+
+        out = attention.optimized_attention(q, k, v, extra["n_heads"], transformer_options=extra)
+        sigma = float(extra["sigmas"][0])
+        for callback, kw in self.callbacks:
+            if kw["sigma_end"] <= sigma <= kw["sigma_start"]:
+                out = out + callback(out, q, k, v, extra, **kw)
+        return out
+
+
+IP_SLOTS = (("output", 0, 0), ("input", 4, 0), ("output", 1, 0))
+
+
+def apply_ipadapter_like(model, callback, **kwargs):
+    """What an IPAdapter-style node does to a model: a clone whose attn2 slots get its patch, or `.add()` on the
+    patch already in a slot."""
+    m = model.clone()
+    options = m.model_options["transformer_options"].copy()
+    slots = options.setdefault("patches_replace", {}).setdefault("attn2", {})
+    for key in IP_SLOTS:
+        if key in slots:
+            slots[key].add(callback, **kwargs)
+        else:
+            slots[key] = IPAdapterLikeAttention(callback, **kwargs)
+    m.model_options["transformer_options"] = options
+    return m
+
+
+def _image_prompt(weight, calls):
+    def callback(out, q, k, v, extra, weight=weight, **_):
+        calls.append(k.shape)
+        return weight * out.tanh()  # something that depends on the attention output, as an image prompt's does
+
+    return callback
+
+
+@pytest.mark.parametrize("order", ["ipadapter_first", "unziplora_first"])
+def test_an_attn2_patch_applied_before_or_after_unziplora_apply(tiny_sdxl, lora, order):
+    """IPAdapter applied after UnZipLoRA Apply called `.add()` on our K/V patch, which had none (AttributeError).
+    Either order now gives the same sample: attention over our K/V, plus the image prompt's term."""
+    pos = kv_patch.with_streams(_conds(1), *(random_conditioning(3)[0],) * 2)
+    neg = kv_patch.with_zero_streams(_conds(2))
+    calls = []
+    ip = {"sigma_start": 1e9, "sigma_end": 0.0}
+    lora_only = _sample(kv_patch.install(tiny_sdxl, lora), pos, neg, cfg=3.0, steps=1)
+    if order == "ipadapter_first":
+        model = kv_patch.install(apply_ipadapter_like(tiny_sdxl, _image_prompt(0.5, calls), **ip), lora)
+    else:
+        patched = kv_patch.install(tiny_sdxl, lora)
+        model = apply_ipadapter_like(patched, _image_prompt(0.5, calls), **ip)
+        slots = patched.model_options["transformer_options"]["patches_replace"]["attn2"]
+        assert all(not slots[key].added for key in IP_SLOTS), "the model before the IPAdapter node got its patch"
+        assert_close(_sample(patched, pos, neg, cfg=3.0, steps=1), lora_only)
+        assert not calls
+    out = _sample(model, pos, neg, cfg=3.0, steps=1)
+    assert len(calls) == len(IP_SLOTS)  # each patched slot, one batched cond+uncond forward
+    assert ((out - lora_only).abs().max() / lora_only.abs().max()).item() > 1e-4, "the image prompt did nothing"
+    reference = kv_patch.install(apply_ipadapter_like(tiny_sdxl, _image_prompt(0.5, []), **ip), lora)
+    assert_close(out, _sample(reference, pos, neg, cfg=3.0, steps=1))
+
+    # a second image prompt on top: forwarded into the wrapped patch, or kept beside ours
+    calls.clear()
+    twice = apply_ipadapter_like(model, _image_prompt(0.25, calls), **ip)
+    out2 = _sample(twice, pos, neg, cfg=3.0, steps=1)
+    assert len(calls) == 2 * len(IP_SLOTS)
+    assert ((out2 - out).abs().max() / out.abs().max()).item() > 1e-5
+
+    # outside its sigma range a callback is skipped, exactly as the wrapped patch would skip it
+    calls.clear()
+    late = apply_ipadapter_like(kv_patch.install(tiny_sdxl, lora), _image_prompt(0.5, calls), sigma_start=-1.0,
+                                sigma_end=-2.0)
+    assert_close(_sample(late, pos, neg, cfg=3.0, steps=1), lora_only)
+    assert not calls
+
+
+def test_something_that_is_not_a_callback_is_refused_by_name(tiny_sdxl, lora):
+    slot = kv_patch.install(tiny_sdxl, lora).model_options["transformer_options"]["patches_replace"]["attn2"]
+    with pytest.raises(TypeError, match="UnZipLoRA: another node added 'str'.*before UnZipLoRA Apply"):
+        slot[("output", 0, 0)].add("not a function")

@@ -68,7 +68,7 @@ def test_a_lora_alone_previews_without_mergers_and_with_its_own_pooled_vector(in
     from unziplora_pack.unziplora import kv_patch
 
     trainer = Trainer(inputs, CFG)
-    lora = trainer._setup()[1]
+    lora = trainer._setup().lora
     for _p, _b, dual in lora.items():
         for side in ("content", "style"):
             if dual._modules.get(side) is not None:

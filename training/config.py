@@ -1,4 +1,4 @@
-"""Training settings: the paper's values as the default preset, smaller presets, one validation pass.
+"""Training settings: the paper's values as the defaults, one validation pass (the card-size presets: presets.py).
 
 Every bad value raises ValueError naming the input and what is allowed, so the node can show it as is.
 """

@@ -65,7 +65,8 @@ def prediction_of_run(inputs) -> dict:
 
 
 def export_run(result, config, dirs, name: str, inputs, base_name: str = "", *, started_at: float | None = None,
-               preview_dir: str | None = None) -> dict:
+               preview_dir: str | None = None, name_decided: bool = False) -> dict:
+    """name_decided: `name` is the job's output name, chosen once at its start (output_names): written as is."""
     factors, mergers, masks = split_run(result.lora)
     info = RunInfo(prompt=inputs.info.get("prompt", ""), content_prompt=inputs.info.get("content_prompt", ""),
                    style_prompt=inputs.info.get("style_prompt", ""), mode=config.mode,
@@ -76,5 +77,5 @@ def export_run(result, config, dirs, name: str, inputs, base_name: str = "", *, 
                    thumbnails=thumbnails(preview_dir, getattr(inputs, "thumbnail", None)),
                    **prediction_of_run(inputs))
     saved = save_unziplora(dirs.loras, name, factors["content"], factors["style"], info, mergers=mergers,
-                           masks=masks, bundle_directory=dirs.bundles)
+                           masks=masks, bundle_directory=dirs.bundles, exact=name_decided)
     return {"name": saved.name, "content": saved.content, "style": saved.style, "bundle": saved.bundle}

@@ -11,20 +11,16 @@ from __future__ import annotations
 import errno
 import gc
 import os
-import re
 
 import torch
+
+from . import checkpoints
 
 _DISK_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.EIO}
 
 
-def _checkpoint_step(path: str | None) -> int | None:
-    m = re.search(r"step_(\d+)\.pt$", os.path.basename(path or ""))
-    return int(m.group(1)) if m else None
-
-
 def kept_checkpoint(job) -> str:
-    step = _checkpoint_step(job.checkpoint) if job.checkpoint and os.path.isfile(job.checkpoint) else None
+    step = checkpoints.step_of(job.checkpoint) if job.checkpoint and os.path.isfile(job.checkpoint) else None
     if step is None:
         return "no checkpoint was saved before it, so a resume would start over"
     return f"the last good checkpoint (step {step}) is kept: Resume continues from it"
@@ -77,6 +73,10 @@ def export_explained(export, job, device):
     problem = None
     try:
         return export()
+    except FileExistsError as e:  # a file took the job's output name while it trained: never overwritten
+        problem = FileExistsError(errno.EEXIST, f"could not write the trained files: {e}, which appeared while the job "
+                                                f"trained. Nothing was written; move it away and Resume: "
+                                                f"{kept_checkpoint(job)}")
     except (OSError, RuntimeError) as e:  # safetensors reports a failed write as its own (RuntimeError-like) error
         reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).strip().splitlines()[0][:300]
         reason += _where(e) if isinstance(e, OSError) else ""

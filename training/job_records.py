@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from dataclasses import asdict, dataclass, field
@@ -39,7 +40,7 @@ class JobRecord:
     started: float | None = None
     finished: float | None = None
     info: dict = field(default_factory=dict)  # mode, prompts, base model, node id: whatever the UI shows
-    resume_prompt: dict | None = None  # the API prompt that started it, to re-queue with resume_from set
+    resume_prompt: dict | None = None  # the API prompt that started it, re-queued by POST .../resume (extra data)
     resumed_from: str | None = None
     continued_by: str | None = None  # the job that resumed this one: a job is resumed at most once
     resume_pending: str | None = None  # prompt id of a queued resume of this job (POST .../resume)
@@ -49,10 +50,34 @@ class JobRecord:
         return (self.state in RESUMABLE and self.checkpoint is not None and self.resume_prompt is not None
                 and self.continued_by is None)
 
+    @property
+    def selection_steps(self) -> list[int]:
+        """Steps at which the column schedule selects columns ([] for modes without column separation): what the
+        loss plot marks, so the browser does not re-derive the schedule."""
+        from ..unziplora.roles import MODES
+        from ..unziplora.schedule import selection_steps
+
+        config = self.info.get("config")
+        try:
+            config = json.loads(config) if isinstance(config, str) else config
+            mode = MODES.get(config.get("mode", self.info.get("mode")))
+            if mode is None or not mode.column_separation:
+                return []
+            return selection_steps(int(config.get("steps") or self.total), int(config.get("sample_times") or 0))
+        except (ValueError, TypeError, AttributeError):
+            return []
+
     def public(self, display: PathDisplay | None = None) -> dict:
         d = asdict(self)
         d.pop("resume_prompt")
         d["resumable"] = self.resumable
+        d["active"] = self.state in ACTIVE  # the browser's one test for "still going"
+        d["selection_steps"] = self.selection_steps
+        if isinstance(d["info"].get("config"), str):  # kept as TrainConfig.to_json() in jobs.json: sent as an object
+            try:
+                d["info"]["config"] = json.loads(d["info"]["config"])
+            except ValueError:
+                d["info"].pop("config")
         if display is not None:
             d["outputs"] = {k: display.path(v) for k, v in d["outputs"].items()}
             d["checkpoint"] = display.path(d["checkpoint"])

@@ -3,11 +3,8 @@
 Knows nothing of torch or of the server: a job's work is a callable given a JobContext, and events go through
 an `emit(event, data)` callable that the node layer wires to PromptServer.send_sync (thread-safe there).
 
-Checkpoints (when `checkpoint_root` is set) live in <checkpoint_root>/<job id>/. The one retention rule: a
-checkpoint file is kept while some job that is queued, running or resumable points at it; the rest of a job's
-folder is deleted when a newer checkpoint replaces it and when the job ends (UNZIPLORA_KEEP_CHECKPOINTS=1
-keeps everything). Nothing is ever deleted at start-up: a record skipped from a damaged jobs.json may still
-need its files.
+Checkpoints (when `checkpoint_root` is set) live in <checkpoint_root>/<job id>/; which of them may be deleted, and
+when, is retention.py's rule (CheckpointRetention), asked through this manager under its lock.
 """
 
 from __future__ import annotations
@@ -87,8 +84,8 @@ class JobContext:
         # events every step for small jobs, at most ~4 per second otherwise; the file at most every 2 s
         if now - self._last_emit >= 0.25 or step == total:
             self._last_emit = now
-            self._m._emit(job)
-        self._m._save(throttle=True)
+            self._m.announce(job)
+        self._m.persist(throttle=True)
 
     def _previews_eta(self, step: int) -> float:
         if not self.previews_rendered or self.previews_left is None:
@@ -105,40 +102,38 @@ class JobContext:
             self._last_step_at = now
         if now - self._last_emit >= 0.25:
             self._last_emit = now
-            self._m._emit(job)
+            self._m.announce(job)
 
     def preview_done(self, seconds: float) -> None:
         self.preview_seconds += seconds
         self.previews_rendered += 1
 
     def set_checkpoint(self, path: str) -> None:
-        previous = self.job.checkpoint
-        self.job.checkpoint = path
-        self._m._after_checkpoint(self.job, previous)
-        self._m._save()
+        self._m.checkpoint_saved(self.job, path)
 
     def add_preview(self, entry: dict) -> None:
         self.job.previews = (self.job.previews + [entry])[-12:]
-        self._m._emit(self.job, kind="preview")
-        self._m._save()
+        self._m.announce(self.job, kind="preview")
+        self._m.persist()
 
 
 Work = Callable[[JobContext], dict]
 
 
-class JobManager(CheckpointRetention):
+class JobManager:
     def __init__(self, state_path: str | None, emit: Callable[[str, dict], None] | None = None,
                  checkpoint_root: str | None = None, display: PathDisplay | None = None):
         self.state_path = state_path
         self.emit = emit
-        self.checkpoint_root = checkpoint_root
         self.display = display
         self.load_warnings: list[str] = []  # what start-up skipped in jobs.json, shown by GET /unziplora/jobs
         self._lock = threading.RLock()
         self._jobs: dict[str, JobRecord] = {}
+        self.retention = CheckpointRetention(checkpoint_root, self._jobs)
         self._contexts: dict[str, JobContext] = {}
         self._queue: queue.Queue = queue.Queue()
         self._worker: threading.Thread | None = None
+        self._ending: set[str] = set()  # final already, its checkpoints not yet tidied / its last event not yet sent
         self._last_save = 0.0
         self._load()
 
@@ -180,7 +175,7 @@ class JobManager(CheckpointRetention):
                 job.error = job.error or "ComfyUI stopped while this job was queued or running"
                 job.finished = job.finished or time.time()
             job.resume_pending = None  # that server's queue is gone too
-            job.checkpoint_bytes = self._folder_bytes(job.id)
+            job.checkpoint_bytes = self.retention.folder_bytes(job.id)
             self._jobs[job.id] = job
         if skipped:
             self._warn(f"{shown}: skipped {len(skipped)} of {len(items)} job records: " + "; ".join(skipped[:10]))
@@ -226,6 +221,53 @@ class JobManager(CheckpointRetention):
     def public(self, job: JobRecord) -> dict:
         return job.public(self.display)
 
+    # what a job's work (JobContext) may call: tell the browsers, write jobs.json
+    def announce(self, job: JobRecord, kind: str = "progress") -> None:
+        """Send the job's record to every browser (kind: progress, preview or state)."""
+        self._emit(job, kind)
+
+    def persist(self, throttle: bool = False) -> None:
+        """Write jobs.json (throttle: at most every 2 s, for per-step updates)."""
+        self._save(throttle=throttle)
+
+    # ---- checkpoints (the rule: retention.py) ------------------------------------------------------------
+    @property
+    def checkpoint_root(self) -> str | None:
+        return self.retention.root
+
+    @checkpoint_root.setter
+    def checkpoint_root(self, root: str | None) -> None:
+        self.retention.root = root
+
+    @property
+    def prompt_waiting(self):
+        """prompt_id -> whether that prompt is still queued or running in ComfyUI (set by the node layer)."""
+        return self.retention.prompt_waiting
+
+    @prompt_waiting.setter
+    def prompt_waiting(self, fn) -> None:
+        self.retention.prompt_waiting = fn
+
+    def job_folder(self, job_id: str) -> str | None:
+        return self.retention.folder(job_id)
+
+    def checkpoint_saved(self, job: JobRecord, path: str) -> None:
+        """The job's work saved a checkpoint at `path`: the job points at it, and what it supersedes may go."""
+        with self._lock:
+            previous, job.checkpoint = job.checkpoint, path
+            self.retention.after_checkpoint(job, previous)
+            self._save()
+
+    def delete_checkpoints(self, job_id: str) -> int:
+        """DELETE /unziplora/jobs/{id}/checkpoints: ResumeRefused when a queued, running or resuming job needs a
+        file of it (retention.py). The job is no longer resumable afterwards. Returns the bytes freed."""
+        with self._lock:
+            job = self._jobs[job_id]
+            freed = self.retention.delete(job)
+            self._save()
+        self._emit(job, kind="state")
+        return freed
+
     # ---- public API --------------------------------------------------------------------------------------
     def check_resume(self, job_id: str) -> JobRecord:
         """The job a new run may resume from, or ResumeRefused saying why not (in the node's words)."""
@@ -252,6 +294,9 @@ class JobManager(CheckpointRetention):
             if resumed_from is not None:
                 parent = self.check_resume(resumed_from)
                 parent.continued_by, parent.resume_pending = job.id, None
+                # the queued job needs its parent's checkpoint from now on, not only once it starts: retention and
+                # DELETE see the claim while it waits behind another job (issue 20)
+                job.checkpoint = parent.checkpoint
             self._jobs[job.id] = job
             self._contexts[job.id] = JobContext(self, job)
             self._save()
@@ -311,9 +356,10 @@ class JobManager(CheckpointRetention):
         return [j.id for j in active]
 
     def wait(self, job_id: str, timeout: float | None = None) -> JobRecord:
-        """Block until the job is final (tests, the blocking run mode)."""
+        """Block until the job is final, its checkpoints tidied and its last event sent (tests, the blocking run
+        mode)."""
         end = None if timeout is None else time.time() + timeout
-        while self._jobs[job_id].state not in FINAL:
+        while self._jobs[job_id].state not in FINAL or job_id in self._ending:
             if end is not None and time.time() > end:
                 raise TimeoutError(f"job {job_id} still {self._jobs[job_id].state} after {timeout} s")
             time.sleep(0.05)
@@ -345,6 +391,7 @@ class JobManager(CheckpointRetention):
             self._contexts.pop(job_id, None)
             return
         job.state, job.started = "running", time.time()
+        self._ending.add(job_id)
         self._save()
         self._emit(job, kind="state")
         try:
@@ -365,9 +412,11 @@ class JobManager(CheckpointRetention):
             job.finished = time.time()
             self._contexts.pop(job_id, None)
             try:
-                self._after_end(job)
+                with self._lock:
+                    self.retention.after_end(job)
             except OSError:
                 log.exception("unziplora: could not tidy the checkpoints of job %s", job_id)
-            self._save()
-            self._emit(job, kind="state")
-
+            finally:
+                self._save()
+                self._emit(job, kind="state")
+                self._ending.discard(job_id)

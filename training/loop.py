@@ -9,28 +9,25 @@ ends with the same weights as an uninterrupted one.
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import math
-import os
-import time
 from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
-from ..unziplora.checkpointing import DEEP_BLOCKS, enable_checkpointing
+from ..unziplora.checkpointing import apply_mode, checkpointing_mode
 from ..unziplora.content_style import ContentStyleLoRA
 from ..unziplora.kv_patch import predict_eps
 from ..unziplora.roles import get_mode
 from ..unziplora.schedule import ColumnSchedule, orth_loss
+from . import checkpoints
 from .adamw_bf16 import AdamWBF16
 from .config import TrainConfig
 from .data import LatentPosteriors, PromptStreams
 from .objective import Objective, ddpm_alphas_cumprod, describe_state, sdxl_default  # noqa: F401 (re-export)
 
-CHECKPOINT_VERSION = 1
 
 
 @dataclass
@@ -46,6 +43,21 @@ class TrainInputs:
     preview: object | None = None  # previews.PreviewInputs when previews were asked for
     thumbnail: object | None = None  # the first training image, small (uint8 HxWx3): the files' fallback thumbnail
     objective: Objective | None = None  # the model's target and schedule (objective.from_model); None: SDXL's eps
+
+
+@dataclass
+class TrainState:
+    """What one run carries from step to step; a checkpoint is this state at a step (checkpoints.py)."""
+
+    unet: torch.nn.Module
+    lora: ContentStyleLoRA
+    optimizer: torch.optim.Optimizer
+    schedule: ColumnSchedule
+    scaler: object | None  # torch.amp.GradScaler for fp16, else None
+    gen: torch.Generator  # the run's one CPU generator: every random draw, checkpointed
+    streams: PromptStreams  # on the device, in the compute dtype
+    step: int = 0  # optimiser steps finished
+    params: list = field(default_factory=list)  # every trained parameter (clipping)
 
 
 @dataclass
@@ -164,11 +176,13 @@ class Trainer:
         self.mode = get_mode(config.mode)
         self.dtype, self.use_scaler = pick_precision(self.config, self.device, weight_dtype_of(inputs.unet))
         self.objective = inputs.objective or sdxl_default()
+        # what is checkpointed (all / deep / off): decided once, the VRAM estimate plans with the same value
+        self.checkpointing = checkpointing_mode(self.config.gradient_checkpointing, self.device)
         # step factors per group of alike linears (ContentStyleLoRA.step_factors); False for A/B benchmarks
         self.group_step_factors = True
 
     # ---- set-up -----------------------------------------------------------------------------------------
-    def _setup(self):
+    def _setup(self) -> TrainState:
         cfg = self.config
         unet = self.inputs.unet
         unet.requires_grad_(False)
@@ -178,17 +192,15 @@ class Trainer:
         lora = ContentStyleLoRA(unet, self.mode, rank=cfg.rank, generator=gen)
         move_module(lora, self.device)
         lora.attach(unet)
-        if cfg.gradient_checkpointing == "on" or (cfg.gradient_checkpointing == "auto" and self.device.type != "cpu"):
-            enable_checkpointing(unet)
-        elif cfg.gradient_checkpointing == "selective":
-            enable_checkpointing(unet, DEEP_BLOCKS)
+        apply_mode(unet, self.checkpointing)
         optimizer, self.optimizer_name = make_optimizer(lora, cfg, self.device)
         schedule = ColumnSchedule(lora, cfg.steps, sample_times=cfg.sample_times, column_ratio=cfg.column_ratio,
                                   threshold=cfg.score_threshold)
         scaler = torch.amp.GradScaler("cuda") if self.use_scaler else None
         streams = self.inputs.streams.to(self.device, self.dtype)
         self._adm = self.inputs.adm.to(self.device)  # once, not a host copy per step
-        return unet, lora, optimizer, schedule, scaler, gen, streams
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        return TrainState(unet, lora, optimizer, schedule, scaler, gen, streams, params=params)
 
     # ---- one step ---------------------------------------------------------------------------------------
     def _loss(self, unet, lora, streams: PromptStreams, gen: torch.Generator, schedule) -> torch.Tensor:
@@ -215,9 +227,11 @@ class Trainer:
             loss = loss + orth_loss(lora, self.config.orth_lambda)
         return loss
 
-    def step(self, g: int, unet, lora, optimizer, schedule, scaler, gen, streams, params, reader=None) -> torch.Tensor:
-        """One optimiser step (g = steps finished so far); returns the loss, unread: no host sync in here
-        (on the CPU the reader checks the loss before backward, as reading costs nothing there)."""
+    def step(self, state: TrainState, reader=None) -> torch.Tensor:
+        """One optimiser step (state.step: steps finished so far, counted up here); returns the loss, unread: no
+        host sync in here (on the CPU the reader checks the loss before backward, as reading costs nothing there)."""
+        g, lora, optimizer, schedule, scaler = state.step, state.lora, state.optimizer, state.schedule, state.scaler
+        unet, gen, streams, params = state.unet, state.gen, state.streams, state.params
         with lora.step_factors(self.device, self.dtype, grouped=self.group_step_factors):
             loss = self._loss(unet, lora, streams, gen, schedule)
             if reader is not None and not reader.cuda:
@@ -234,6 +248,7 @@ class Trainer:
             optimizer.step()
         schedule.after_optimizer_step()
         optimizer.zero_grad(set_to_none=True)
+        state.step = g + 1
         return loss.detach()
 
     def run(self, progress: Callable[[int, int, float], None] | None = None,
@@ -242,30 +257,27 @@ class Trainer:
             on_preview: Callable[[list], None] | None = None) -> RunResult:
         """previews: a previews.PreviewRenderer, called every config.preview_every steps."""
         cfg = self.config
-        unet, lora, optimizer, schedule, scaler, gen, streams = self._setup()
-        start = 0
+        state = self._setup()
         if resume_from:
-            start = self._load_checkpoint(resume_from, lora, optimizer, schedule, scaler, gen)
+            self._load_checkpoint(resume_from, state)
             if progress:
-                progress(start, cfg.steps, None)  # the UI shows where the run picks up, not 0
-        params = [p for g in optimizer.param_groups for p in g["params"]]
+                progress(state.step, cfg.steps, None)  # the UI shows where the run picks up, not 0
         reader = LossReader(self.device)
         losses = []
-        g = start
-        while g < cfg.steps:
+        while state.step < cfg.steps:
             if should_stop is not None and should_stop():
                 for step, value in reader.poll(wait=True):
                     losses.append(value)
                     if progress:
                         progress(step, cfg.steps, value)
-                path = self.save_checkpoint(g, lora, optimizer, schedule, scaler, gen)
+                path = self.save_checkpoint(state)
                 if on_checkpoint:
                     on_checkpoint(path)
                 from .jobs import JobCancelled
 
                 raise JobCancelled()
-            loss = self.step(g, unet, lora, optimizer, schedule, scaler, gen, streams, params, reader)
-            g += 1
+            loss = self.step(state, reader)
+            g = state.step
             read = reader.push(g, loss)
             if (cfg.checkpoint_every and g % cfg.checkpoint_every == 0) or g == cfg.steps or (
                     previews is not None and cfg.preview_every and g % cfg.preview_every == 0):
@@ -275,73 +287,49 @@ class Trainer:
                 if progress:
                     progress(step, cfg.steps, value)
             if previews is not None and cfg.preview_every and (g % cfg.preview_every == 0 or g == cfg.steps):
-                entries = previews.render(unet, lora, g, self.mode.prompt_separation)
+                entries = previews.render(state.unet, state.lora, g, self.mode.prompt_separation)
                 if on_preview:
                     on_preview(entries)
             if cfg.checkpoint_every and g % cfg.checkpoint_every == 0 and g < cfg.steps:
-                path = self.save_checkpoint(g, lora, optimizer, schedule, scaler, gen)
+                path = self.save_checkpoint(state)
                 if on_checkpoint:
                     on_checkpoint(path)
-        schedule.finish()
-        lora.detach()
-        return RunResult(lora, schedule, g, losses)
+        state.schedule.finish()
+        state.lora.detach()
+        return RunResult(state.lora, state.schedule, state.step, losses)
 
-    # ---- checkpoints -------------------------------------------------------------------------------------
-    def save_checkpoint(self, step, lora, optimizer, schedule, scaler, gen) -> str:
+    # ---- checkpoints (the format: checkpoints.py) -------------------------------------------------------
+    def save_checkpoint(self, state: TrainState) -> str:
         if not self.checkpoint_dir:
             raise ValueError("no checkpoint directory was given")
-        os.makedirs(self.checkpoint_dir, exist_ok=True)
-        path = os.path.join(self.checkpoint_dir, f"step_{step:06d}.pt")
-        state = {
-            "version": CHECKPOINT_VERSION,
-            "step": step,
+        return checkpoints.save(self.checkpoint_dir, state.step, {
             "config": self.config.to_json(),
             "base_fingerprint": self.inputs.base_fingerprint,
             "objective": self.objective.state(),
-            "lora": {k: v.detach().cpu() for k, v in lora.state_dict().items()},
-            "schedule": schedule.state_dict(),
-            "optimizer": optimizer.state_dict(),
+            "lora": {k: v.detach().cpu() for k, v in state.lora.state_dict().items()},
+            "schedule": state.schedule.state_dict(),
+            "optimizer": state.optimizer.state_dict(),
             "optimizer_name": self.optimizer_name,
-            "scaler": scaler.state_dict() if scaler else None,
-            "generator": gen.get_state(),
-            "saved_at": time.time(),
-        }
-        if not all(torch.isfinite(v).all() for v in state["lora"].values() if v.is_floating_point()):
-            raise FloatingPointError(f"the LoRA weights are no longer finite at step {step}: not saved as a checkpoint")
-        tmp = path + ".tmp"
-        try:
-            torch.save(state, tmp)
-            os.replace(tmp, path)
-        except BaseException as e:  # a full or read-only disk, or a stop mid-write: no half file stays behind
-            with contextlib.suppress(OSError):
-                os.remove(tmp)
-            if not isinstance(e, Exception):
-                raise
-            # torch.save reports a failed write as a RuntimeError from its zip writer: one clear OSError instead
-            reason = (e.strerror if isinstance(e, OSError) and e.strerror else str(e).strip().splitlines()[0])
-            raise OSError(getattr(e, "errno", None) or errno.EIO,
-                          f"could not save the checkpoint of step {step}: {reason}", path) from None
-        return path
+            "scaler": state.scaler.state_dict() if state.scaler else None,
+            "generator": state.gen.get_state(),
+        })
 
-    def _load_checkpoint(self, path, lora, optimizer, schedule, scaler, gen) -> int:
-        # weights_only: a checkpoint is plain tensors and containers; nothing in it may run code
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if state.get("version") != CHECKPOINT_VERSION:
-            raise ValueError(f"checkpoint {path} has version {state.get('version')}, expected {CHECKPOINT_VERSION}")
-        saved = TrainConfig.from_dict(json.loads(state["config"]))
+    def _load_checkpoint(self, path: str, state: TrainState) -> None:
+        saved_state = checkpoints.load(path)
+        saved = TrainConfig.from_dict(json.loads(saved_state["config"]))
         if saved != self.config:
             diff = [k for k in saved.__dataclass_fields__ if getattr(saved, k) != getattr(self.config, k)]
             raise ValueError(f"checkpoint {path} was made with other settings ({', '.join(diff)}): "
                              "resume with the same settings")
-        if self.inputs.base_fingerprint and state["base_fingerprint"] not in ("", self.inputs.base_fingerprint):
+        if self.inputs.base_fingerprint and saved_state["base_fingerprint"] not in ("", self.inputs.base_fingerprint):
             raise ValueError(f"checkpoint {path} was trained on another base model: resume with the same model")
-        if state.get("objective", self.objective.state()) != self.objective.state():
-            raise ValueError(f"checkpoint {path} was trained for {describe_state(state['objective'])}, this model uses "
-                             f"{self.objective.describe()}: resume with the same model sampling")
-        lora.load_state_dict(state["lora"])
-        schedule.load_state_dict(state["schedule"])
-        optimizer.load_state_dict(state["optimizer"])
-        if scaler and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        gen.set_state(state["generator"])
-        return int(state["step"])
+        if saved_state.get("objective", self.objective.state()) != self.objective.state():
+            raise ValueError(f"checkpoint {path} was trained for {describe_state(saved_state['objective'])}, this "
+                             f"model uses {self.objective.describe()}: resume with the same model sampling")
+        state.lora.load_state_dict(saved_state["lora"])
+        state.schedule.load_state_dict(saved_state["schedule"])
+        state.optimizer.load_state_dict(saved_state["optimizer"])
+        if state.scaler and saved_state.get("scaler"):
+            state.scaler.load_state_dict(saved_state["scaler"])
+        state.gen.set_state(saved_state["generator"])
+        state.step = int(saved_state["step"])

@@ -9,14 +9,14 @@ Folders (under ComfyUI's, resolved by the node layer and passed in):
 from __future__ import annotations
 
 import os
-import re
 import threading
 from dataclasses import dataclass
 
 import torch
 
+from ..unziplora.lora_files import pair_paths
 from .config import TrainConfig
-from . import faults
+from . import checkpoints, faults
 from .export import export_run, output_names
 from .jobs import JobContext, JobManager, JobRecord
 from .loop import Trainer, TrainInputs
@@ -71,12 +71,6 @@ def cpu_training_threads(environ=os.environ) -> int:
     return max(1, cores - 1)
 
 
-def checkpoint_step(path: str) -> int:
-    """The step a checkpoint was saved at, from its name (step_NNNNNN.pt, as Trainer.save_checkpoint writes it)."""
-    m = re.search(r"step_(\d+)\.pt$", os.path.basename(path))
-    return int(m.group(1)) if m else 0
-
-
 def preview_rounds_after(step: int, config: TrainConfig) -> int:
     """Preview rounds still to come after `step` (every preview_every steps, and at the last one)."""
     every, total = config.preview_every, config.steps
@@ -110,78 +104,107 @@ class TrainingService:
             info = dict(inputs.info, output_name=final_name, requested_name=name, mode=config.mode,
                         node_id=node_id, workflow_id=workflow_id, base_model=base_name, config=config.to_json(),
                         cpu_threads=cpu_threads, device=str(device))
-            info["planned_outputs"] = {
-                "content": os.path.join(self.dirs.loras, f"{final_name}_content.safetensors"),
-                "style": os.path.join(self.dirs.loras, f"{final_name}_style.safetensors"),
-                "bundle": os.path.join(self.dirs.bundles, f"{final_name}.safetensors"),
-            }
+            info["planned_outputs"] = dict(zip(("content", "style", "bundle"),
+                                               pair_paths(self.dirs.loras, final_name, self.dirs.bundles)))
             resume_from = resume_job.checkpoint if resume_job else None
             work = self._work(inputs, config, final_name, base_name, resume_from, device)
             job = self.manager.submit(final_name, work, total=config.steps, info=info, resume_prompt=resume_prompt,
                                       resumed_from=resume_job.id if resume_job else None,
-                                      step=checkpoint_step(resume_from) if resume_from else 0)
+                                      step=checkpoints.step_of(resume_from) or 0)
         return job
 
     def _work(self, inputs: TrainInputs, config: TrainConfig, name: str, base_name: str, resume_from: str | None,
               device: torch.device):
-        def work(ctx: JobContext) -> dict:
-            with device_context(device):
-                return run(ctx)
+        return TrainingJob(self, inputs, config, name, base_name, resume_from, device)
 
-        def run(ctx: JobContext) -> dict:
-            if ctx.job.info.get("cpu_threads"):
-                # OpenMP/MKL keep the count per thread: ComfyUI's prompt thread, which has run torch ops before
-                # any job starts, keeps its own
-                torch.set_num_threads(ctx.job.info["cpu_threads"])
-            checkpoint_dir = os.path.join(self.dirs.checkpoints, ctx.job.id)
-            trainer = Trainer(inputs, config, device=device, checkpoint_dir=checkpoint_dir)
-            if resume_from:
-                ctx.job.checkpoint = resume_from
-            renderer = None
-            if inputs.preview is not None and config.preview_every and self.dirs.previews:
-                renderer = PreviewRenderer(inputs.preview, inputs, config, trainer.objective, trainer.device,
-                                           trainer.dtype, os.path.join(self.dirs.previews, ctx.job.id),
-                                           f"{self.dirs.previews_subfolder}/{ctx.job.id}")
-                renderer.should_stop = lambda: ctx.stop_requested  # Cancel does not wait for a preview
-                renderer.on_tick, renderer.on_done = ctx.preview_tick, ctx.preview_done
-                ctx.previews_left = lambda step: preview_rounds_after(step, config)
-            reservation = gpu_reservation(ctx, trainer, inputs, config)
-            first = {}
 
-            def progress(step, total, loss=None):
-                if reservation is not None and loss is not None:
-                    # the first steps set the budget from the measured peak; later ones follow slow growth
-                    # (a resumed run's first call, loss None, comes before any step: nothing measured yet)
-                    first.setdefault("step", step - 1)
-                    if step - first["step"] <= 2 or step % 25 == 0:
-                        reservation.measure()
-                ctx.progress(step, total, loss)
+class TrainingJob:
+    """One job's work (JobManager calls it with the job's JobContext), as named steps: use the job's CPU threads,
+    build the trainer and the preview renderer, reserve GPU memory, train, give the device back, export.
+    Holds the job's private UNet copy: the manager drops it once the job has ended."""
 
-            try:
-                result = faults.explained(lambda: trainer.run(
-                    progress=progress, should_stop=lambda: ctx.stop_requested, resume_from=resume_from,
-                    on_checkpoint=ctx.set_checkpoint, previews=renderer,
-                    on_preview=lambda entries: [ctx.add_preview(e) for e in entries]), ctx.job, device)
-            finally:
-                if reservation is not None:
-                    reservation.release()
-                    ctx.job.info.update(gpu_peak_allocated=reservation.peak_allocated,
-                                        gpu_peak_reserved=reservation.peak_reserved)
-                    if reservation.headroom is not None:  # dynamic VRAM's headroom: before, raised to, after
-                        ctx.job.info.update(gpu_headroom_base=reservation.headroom_base,
-                                            gpu_headroom_peak=reservation.headroom_peak,
-                                            gpu_headroom_after=reservation.headroom.get())
-                if device.type != "cpu":
-                    # frees the card; a move back to the CPU would be a full host copy of the UNet at the end
-                    release_copy(inputs.unet)
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()  # the job thread's current device is the job's (device_context)
-            return faults.export_explained(
-                lambda: export_run(result, config, self.dirs, name, inputs, base_name=base_name,
-                                   started_at=ctx.job.started, preview_dir=renderer.out_dir if renderer else None),
-                ctx.job, device)
+    def __init__(self, service: TrainingService, inputs: TrainInputs, config: TrainConfig, name: str,
+                 base_name: str, resume_from: str | None, device: torch.device):
+        self.dirs = service.dirs
+        self.device = device  # Train's device input, else the service's, else ComfyUI's (decided at start)
+        self.inputs, self.config, self.name, self.base_name = inputs, config, name, base_name
+        self.resume_from = resume_from
 
-        return work
+    def __call__(self, ctx: JobContext) -> dict:
+        with device_context(self.device):
+            return self.run(ctx)
+
+    def run(self, ctx: JobContext) -> dict:
+        device = self.device
+        self.use_cpu_threads(ctx)
+        trainer = Trainer(self.inputs, self.config, device=device,
+                          checkpoint_dir=os.path.join(self.dirs.checkpoints, ctx.job.id))
+        renderer = self.preview_renderer(ctx, trainer)
+        reservation = gpu_reservation(ctx, trainer, self.inputs, self.config)
+        try:
+            result = self.train(ctx, trainer, renderer, reservation, device)
+        finally:
+            self.release(ctx, reservation, device)
+        return self.export(ctx, result, renderer, device)
+
+    def use_cpu_threads(self, ctx: JobContext) -> None:
+        if ctx.job.info.get("cpu_threads"):
+            # OpenMP/MKL keep the count per thread: ComfyUI's prompt thread, which has run torch ops before any
+            # job starts, keeps its own
+            torch.set_num_threads(ctx.job.info["cpu_threads"])
+
+    def preview_renderer(self, ctx: JobContext, trainer: Trainer) -> PreviewRenderer | None:
+        inputs, config = self.inputs, self.config
+        if inputs.preview is None or not config.preview_every or not self.dirs.previews:
+            return None
+        renderer = PreviewRenderer(inputs.preview, inputs, config, trainer.objective, trainer.device,
+                                   trainer.dtype, os.path.join(self.dirs.previews, ctx.job.id),
+                                   f"{self.dirs.previews_subfolder}/{ctx.job.id}")
+        renderer.should_stop = lambda: ctx.stop_requested  # Cancel does not wait for a preview
+        renderer.on_tick, renderer.on_done = ctx.preview_tick, ctx.preview_done
+        ctx.previews_left = lambda step: preview_rounds_after(step, config)
+        return renderer
+
+    def train(self, ctx: JobContext, trainer: Trainer, renderer, reservation, device):
+        first = {}
+
+        def progress(step, total, loss=None):
+            if reservation is not None and loss is not None:
+                # the first steps set the budget from the measured peak; later ones follow slow growth
+                # (a resumed run's first call, loss None, comes before any step: nothing measured yet)
+                first.setdefault("step", step - 1)
+                if step - first["step"] <= 2 or step % 25 == 0:
+                    reservation.measure()
+            ctx.progress(step, total, loss)
+
+        return faults.explained(lambda: trainer.run(
+            progress=progress, should_stop=lambda: ctx.stop_requested, resume_from=self.resume_from,
+            on_checkpoint=ctx.set_checkpoint, previews=renderer,
+            on_preview=lambda entries: [ctx.add_preview(e) for e in entries]), ctx.job, device)
+
+    def release(self, ctx: JobContext, reservation, device) -> None:
+        """However training ended: the GPU reservation goes, the UNet copy leaves the device."""
+        if reservation is not None:
+            reservation.release()
+            ctx.job.info.update(gpu_peak_allocated=reservation.peak_allocated,
+                                gpu_peak_reserved=reservation.peak_reserved)
+            if reservation.headroom is not None:  # dynamic VRAM's headroom: before, raised to, after
+                ctx.job.info.update(gpu_headroom_base=reservation.headroom_base,
+                                    gpu_headroom_peak=reservation.headroom_peak,
+                                    gpu_headroom_after=reservation.headroom.get())
+        if device.type != "cpu":
+            # frees the card; a move back to the CPU would be a full host copy of the UNet at the end
+            release_copy(self.inputs.unet)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()  # the job thread's current device is the job's (device_context)
+
+    def export(self, ctx: JobContext, result, renderer, device) -> dict:
+        """The files, under the name the job was given when it started (never another one)."""
+        return faults.export_explained(
+            lambda: export_run(result, self.config, self.dirs, self.name, self.inputs, base_name=self.base_name,
+                               started_at=ctx.job.started, preview_dir=renderer.out_dir if renderer else None,
+                               name_decided=True),
+            ctx.job, device)
 
 
 def device_context(device: torch.device):
@@ -202,8 +225,8 @@ def gpu_reservation(ctx: JobContext, trainer: Trainer, inputs: TrainInputs, conf
 
     if not vram.accounts_for(trainer.device):
         return None
-    checkpointing = config.gradient_checkpointing == "on" or config.gradient_checkpointing == "auto"
-    budget = vram.estimate_job_bytes(inputs.unet, config.resolution, trainer.dtype, checkpointing, config.rank)
+    # the mode the loop applies (selective checkpoints the deep blocks: planned as such, not as "off")
+    budget = vram.estimate_job_bytes(inputs.unet, config.resolution, trainer.dtype, trainer.checkpointing, config.rank)
     error, warning = vram.fit_message(budget, vram.device_total(trainer.device),
                                       floor=vram.weight_bytes(inputs.unet, trainer.dtype))
     if error:

@@ -29,9 +29,11 @@ log = logging.getLogger("unziplora")
 GiB = 1024**3
 
 # Activation memory of one SDXL-size training step (2.57 G parameters, batch 1) per megapixel of training
-# resolution, with and without gradient checkpointing; scaled by the UNet's size and the dtype width.
-# Planning numbers: the job replaces the estimate with its measured peak after its first steps.
-ACTIVATION_BYTES_PER_MPIX = {True: 3 * GiB, False: 18 * GiB}
+# resolution, per gradient-checkpointing mode (unziplora/checkpointing.py: all blocks, the 10-deep blocks, none);
+# scaled by the UNet's size and the dtype width. Planning numbers: the job replaces the estimate with its measured
+# peak after its first steps. "deep" sits where bench_memory.py puts selective between the other two at 1024 px
+# (tensors saved for backward 1.12 / 2.63 / 5.64 GiB for all / deep / off: a third of the way from all to off).
+ACTIVATION_BYTES_PER_MPIX = {"all": 3 * GiB, "deep": 8 * GiB, "off": 18 * GiB}
 SDXL_PARAMS = 2.567e9
 LORA_ALLOWANCE = 768 * 1024**2  # LoRA weights, grads, AdamW moments, mergers, masks (rank 64, both LoRAs)
 COMFY_WORKSPACE = 1 * GiB  # what a prompt beside the job needs on top of ComfyUI's minimum inference memory
@@ -133,14 +135,18 @@ def tensor_bytes_on(module: torch.nn.Module, device: torch.device) -> int:
     return n
 
 
-def estimate_job_bytes(unet: torch.nn.Module, resolution: int, dtype: torch.dtype, checkpointing: bool,
+def estimate_job_bytes(unet: torch.nn.Module, resolution: int, dtype: torch.dtype, checkpointing: str | bool,
                        rank: int = 64) -> int:
-    """Expected peak GPU bytes of a training job: the UNet in the compute dtype, the LoRA side, activations."""
+    """Expected peak GPU bytes of a training job: the UNet in the compute dtype, the LoRA side, activations.
+    checkpointing: the mode the loop applies (checkpointing.checkpointing_mode: all, deep, off); True / False
+    mean all / off."""
+    if isinstance(checkpointing, bool):
+        checkpointing = "all" if checkpointing else "off"
     params = sum(p.numel() for p in unet.parameters())
     width = torch.finfo(dtype).bits // 8
     weights = params * width
     mpix = (resolution * resolution) / 2**20
-    act = ACTIVATION_BYTES_PER_MPIX[bool(checkpointing)] * mpix * (params / SDXL_PARAMS) * (width / 2)
+    act = ACTIVATION_BYTES_PER_MPIX[checkpointing] * mpix * (params / SDXL_PARAMS) * (width / 2)
     lora = LORA_ALLOWANCE * max(rank, 1) / 64
     return int(weights + act + lora)
 

@@ -59,6 +59,32 @@ DEEP_BLOCKS = ("input_blocks.7", "input_blocks.8", "middle_block", "output_block
                "output_blocks.2")
 
 
+# What is checkpointed: every block layer, only the layers of DEEP_BLOCKS, or nothing.
+MODES = ("all", "deep", "off")
+
+
+def checkpointing_mode(setting: str, device) -> str:
+    """The one rule from the node's gradient_checkpointing setting (auto, on, selective, off) to what is
+    checkpointed on `device`: the loop applies it (apply_mode) and the VRAM estimate plans with it.
+    auto: every block on a GPU (memory is what is short there), nothing on the CPU (time is)."""
+    if setting == "on" or (setting == "auto" and torch.device(device).type != "cpu"):
+        return "all"
+    if setting == "selective":
+        return "deep"
+    return "off"
+
+
+def apply_mode(model, mode: str) -> int:
+    """Checkpoint what `mode` (checkpointing_mode) names; returns how many layers were wrapped."""
+    if mode == "all":
+        return enable_checkpointing(model)
+    if mode == "deep":
+        return enable_checkpointing(model, DEEP_BLOCKS)
+    if mode != "off":
+        raise ValueError(f"checkpointing mode {mode!r}: expected one of {', '.join(MODES)}")
+    return 0
+
+
 def _named_block_layers(unet: nn.Module):
     for attr in ("input_blocks", "output_blocks"):
         for i, block in enumerate(getattr(unet, attr, None) or []):

@@ -64,7 +64,7 @@ class LoRAFactors(nn.Module):
         return F.linear(F.linear(x, down), up)
 
     def dense_weight(self) -> torch.Tensor:
-        """B A, formed only where a dense matrix is really needed (Cone scores at selection, export checks)."""
+        """B A as a dense matrix: for tests that check a delta against its definition (the pack never forms it)."""
         return self.up @ self.down
 
     def baked_up(self) -> torch.Tensor:

@@ -15,6 +15,8 @@ static weight patch (inference) or a forward hook (training, content_style.attac
 
 from __future__ import annotations
 
+import copy
+
 import torch
 
 from .content_style import ContentStyleLoRA
@@ -106,6 +108,13 @@ class KVPatch:
     Not an nn.Module and with a no-op `.to`: ComfyUI deep-copies model_options on every clone() and calls
     `.to(device)` / `.to(dtype)` on patches; both would copy or cast the shared (trainable) Parameters.
     The deltas cast the factors to k's device and dtype on the fly instead.
+
+    Patches applied after ours: IPAdapter (and nodes that follow its convention) do not replace a patch they find
+    in the slot but call `slot.add(callback, **kwargs)` on it, expecting `callback(out, q, k, v, extra_options,
+    **kwargs)` to be added to the attention output while the sampling sigma lies in [sigma_end, sigma_start]
+    (when those are given). `add` forwards to the wrapped patch when it has its own `add`, else keeps the
+    callback here; either way attention runs on the K/V with our deltas, as when such a patch came first. A clone
+    copies this object (sharing the LoRA), so a callback added on a clone never reaches the model it came from.
     """
 
     def __init__(self, to_k: DualLoRA | None, to_v: DualLoRA | None, previous=None, owner=None):
@@ -113,9 +122,34 @@ class KVPatch:
         self.to_v = to_v
         self.previous = previous  # another replace patch that was in this slot (e.g. IPAdapter): wrapped
         self.owner = owner
+        self.added: list[tuple] = []  # (callback, kwargs) added after ours (see the class docstring)
 
     def __deepcopy__(self, memo):
-        return self
+        out = copy.copy(self)  # the same LoRA factors: never copied
+        out.previous = copy.deepcopy(self.previous, memo)
+        out.added = list(self.added)
+        return out
+
+    def add(self, callback, **kwargs) -> None:
+        """An attention patch applied on top of ours, IPAdapter's way (see the class docstring)."""
+        if not callable(callback):
+            raise TypeError(f"UnZipLoRA: another node added {type(callback).__name__!r} to an attention slot that "
+                            "UnZipLoRA Apply patched; expected a callback(out, q, k, v, extra_options, **kwargs). "
+                            "Apply that node before UnZipLoRA Apply instead")
+        if self.previous is not None and callable(getattr(self.previous, "add", None)):
+            self.previous.add(callback, **kwargs)
+        else:
+            self.added.append((callback, kwargs))
+
+    def _run_added(self, out, q, k, v, extra_options):
+        sigmas = extra_options.get("sigmas")
+        sigma = float(sigmas.detach().flatten()[0]) if isinstance(sigmas, torch.Tensor) and sigmas.numel() else None
+        for callback, kwargs in self.added:
+            if sigma is not None and not (kwargs.get("sigma_end", -float("inf")) <= sigma
+                                          <= kwargs.get("sigma_start", float("inf"))):
+                continue
+            out = out + callback(out, q, k, v, extra_options, **kwargs)
+        return out
 
     def to(self, *args, **kwargs):
         if self.previous is not None and hasattr(self.previous, "to"):
@@ -154,12 +188,14 @@ class KVPatch:
         if dv is not None:
             v = v + dv
         if self.previous is not None:
-            return self.previous(q, k, v, extra_options)
-        import comfy.ldm.modules.attention as attention  # looked up per call: ComfyUI picks it at start-up
+            out = self.previous(q, k, v, extra_options)
+        else:
+            import comfy.ldm.modules.attention as attention  # looked up per call: ComfyUI picks it at start-up
 
-        return attention.optimized_attention(q, k, v, extra_options["n_heads"],
-                                             attn_precision=extra_options.get("attn_precision"),
-                                             transformer_options=extra_options)
+            out = attention.optimized_attention(q, k, v, extra_options["n_heads"],
+                                                attn_precision=extra_options.get("attn_precision"),
+                                                transformer_options=extra_options)
+        return self._run_added(out, q, k, v, extra_options) if self.added else out
 
 
 def kv_patches(lora: ContentStyleLoRA, existing: dict | None = None) -> dict[tuple, KVPatch]:

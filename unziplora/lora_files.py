@@ -361,14 +361,26 @@ class SavedFiles:
     bundle: str
 
 
+def pair_paths(directory: str, stem: str, bundle_directory: str | None = None) -> tuple[str, str, str]:
+    """(content, style, bundle) paths of the pair named `stem`: the one place a pair's file names are made. The
+    bundle is STEM.safetensors in `bundle_directory` (the pack's model folder), else STEM.unziplora beside the
+    LoRAs."""
+    bundle = (os.path.join(directory, stem + BUNDLE_SUFFIX) if bundle_directory is None
+              else os.path.join(bundle_directory, stem + ".safetensors"))
+    return os.path.join(directory, stem + CONTENT_SUFFIX), os.path.join(directory, stem + STYLE_SUFFIX), bundle
+
+
 def save_unziplora(directory: str, name: str, content: Mapping, style: Mapping, info: RunInfo, *,
                    mergers: Mapping | None = None, masks: Mapping | None = None,
-                   dtype: torch.dtype = torch.float16, bundle_directory: str | None = None) -> SavedFiles:
+                   dtype: torch.dtype = torch.float16, bundle_directory: str | None = None,
+                   exact: bool = False) -> SavedFiles:
     """Write NAME_content / NAME_style LoRAs and the bundle under the first NAME free in both folders.
 
     The bundle is NAME.unziplora next to the LoRAs, or NAME.safetensors in `bundle_directory` (the pack's own
     model folder, which no LoRA list shows). content/style: {ldm path: (down, up)} with the hard mask already
     baked into up; mergers/masks: {side: {ldm path: vector [out]}}. Returns the final paths.
+    exact: `name` was already chosen (and reserved) by the caller: write exactly it, and refuse (FileExistsError)
+    rather than pick another name when a file under it appeared meanwhile.
     """
     ranks = {int(_factor_triplet(v)[0].shape[0]) for v in list(content.values()) + list(style.values())}
     rank = max(ranks) if ranks else 0
@@ -377,18 +389,19 @@ def save_unziplora(directory: str, name: str, content: Mapping, style: Mapping, 
     bundle_dir = bundle_directory or directory
     bundle_suffix = BUNDLE_SUFFIX if bundle_directory is None else ".safetensors"
     with _LOCK:
-        stem = unique_name(directory, name, also=[(bundle_dir, bundle_suffix)])
+        stem = name if exact else unique_name(directory, name, also=[(bundle_dir, bundle_suffix)])
         info = replace(info, dataset_name=info.dataset_name or stem)
-        c_file, s_file, b_file = stem + CONTENT_SUFFIX, stem + STYLE_SUFFIX, stem + bundle_suffix
+        c_path, s_path, b_path = pair_paths(directory, stem, bundle_directory)
+        c_file, s_file, b_file = (os.path.basename(p) for p in (c_path, s_path, b_path))
         files = [
-            (os.path.join(directory, c_file), content_sd,
+            (c_path, content_sd,
              lora_metadata("content", info, rank=rank, title=f"{stem} content", partner_file=s_file, bundle_file=b_file,
                            output_name=os.path.splitext(c_file)[0])),
-            (os.path.join(directory, s_file), style_sd,
+            (s_path, style_sd,
              lora_metadata("style", info, rank=rank, title=f"{stem} style", partner_file=c_file, bundle_file=b_file,
                            output_name=os.path.splitext(s_file)[0])),
             # last: a bundle on disk implies both LoRAs are there, even after a crash mid-rename
-            (os.path.join(bundle_dir, b_file), extra,
+            (b_path, extra,
              bundle_metadata(info, content_file=c_file, style_file=s_file, rank=rank)),
         ]
         paths = write_file_set(None, files)

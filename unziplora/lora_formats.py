@@ -121,10 +121,6 @@ class LoRAState(dict):
         self.metadata: dict[str, str] = dict(metadata or {})
         self.aside: dict[str, list[str]] = {}
 
-    @property
-    def aside_count(self) -> int:
-        return sum(len(v) for v in self.aside.values())
-
     def summary(self) -> str:
         parts = [f"{len(self)} attention layers ({self.format or 'empty'})"]
         if self.aside:

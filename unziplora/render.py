@@ -20,7 +20,6 @@ BAD = (220, 30, 60)  # non-finite weights or mergers
 ROLE_COLORS = {"content": COLORS["content"], "style": COLORS["style"], "shared": (170, 170, 180), "": DIM}
 
 WIDTH = 1200
-LABEL_W = 250
 MAP_X, MAP_W = 260, 560
 MERGER_X, MERGER_W = 830, 44  # two strips of 20 px: content merger, style merger
 SUMMARY_X = 888

@@ -62,6 +62,13 @@ def schedule_period(total_steps: int, sample_times: int) -> int:
     return max(2, math.ceil(total_steps / sample_times))
 
 
+def selection_steps(total_steps: int, sample_times: int) -> list[int]:
+    """The steps g (1-based, as the loss plot counts) at which columns are selected: g % t == 1."""
+    if total_steps < 1 or sample_times < 1:
+        return []
+    return list(range(1, total_steps + 1, schedule_period(total_steps, sample_times)))
+
+
 def _sides(lora):
     for path, block, dual in lora.items():
         for name, side in dual.sides():

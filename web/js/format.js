@@ -1,7 +1,5 @@
 // Small pure helpers shared by the node panel and the jobs sidebar (no ComfyUI imports here).
 
-export const ACTIVE_STATES = ["queued", "running", "cancelling"];
-
 export const STATE_LABELS = {
   queued: "queued",
   running: "running",
@@ -12,8 +10,9 @@ export const STATE_LABELS = {
   done: "done",
 };
 
+/** Queued, running or cancelling: the server says so on every job record (job_records.py), one list of states. */
 export function isActive(job) {
-  return !!job && ACTIVE_STATES.includes(job.state);
+  return !!job?.active;
 }
 
 /** Create an element: el("div", {class: "x", title: "t"}, child, "text", ...). */

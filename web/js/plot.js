@@ -24,26 +24,10 @@ export function smooth(values, weight = 0.9) {
   return out;
 }
 
-/** Steps at which columns are selected (method.md: g % t == 1 with t = ceil(steps / selections)), or [] for
- * modes without column separation. */
+/** Steps at which columns are selected, as the server's job record says (training/job_records.py derives them
+ * from the run's settings with the schedule's own rule); [] for modes without column separation. */
 export function selectionSteps(job) {
-  let cfg = job?.info?.config;
-  if (typeof cfg === "string") {
-    try {
-      cfg = JSON.parse(cfg);
-    } catch {
-      cfg = null;
-    }
-  }
-  const mode = cfg?.mode ?? job?.info?.mode;
-  if (!cfg || !["unziplora", "column"].includes(mode)) return [];
-  const steps = cfg.steps || job.total || 0;
-  const times = cfg.sample_times || 0;
-  if (!steps || !times) return [];
-  const period = Math.ceil(steps / times);
-  const out = [];
-  for (let g = 1; g <= steps; g += period) out.push(g);
-  return out;
+  return Array.isArray(job?.selection_steps) ? job.selection_steps : [];
 }
 
 export function lossCSV(job) {
