@@ -117,6 +117,14 @@ class JobContext:
         self._m._after_checkpoint(self.job, previous)
         self._m._save()
 
+    def add_step_files(self, step: int, files: dict) -> None:
+        """The LoRAs saved at `step` (save_every): file names only, in the folders of the run's own outputs."""
+        names = {k: os.path.basename(files[k]) for k in ("content", "style", "bundle") if files.get(k)}
+        self.job.info.setdefault("step_files", {})[str(step)] = names
+        self.job.checkpoint_bytes = self._m._folder_bytes(self.job.id)  # the sidebar's disk figure
+        self._m._emit(self.job, kind="state")
+        self._m._save()
+
     def add_preview(self, entry: dict) -> None:
         self.job.previews = (self.job.previews + [entry])[-12:]
         self._m._emit(self.job, kind="preview")
@@ -124,6 +132,14 @@ class JobContext:
 
 
 Work = Callable[[JobContext], dict]
+
+
+def losses_up_to(job: JobRecord, step: int) -> list[float]:
+    """The job's losses of steps 1..step (it may have run past the checkpoint a resume starts from); the list
+    ends at job.step, and keeps the latest LOSS_HISTORY."""
+    extra = max(0, job.step - step)
+    kept = job.losses[:len(job.losses) - extra] if extra else list(job.losses)
+    return kept[-LOSS_HISTORY:]
 
 
 class JobManager(CheckpointRetention):
@@ -252,6 +268,8 @@ class JobManager(CheckpointRetention):
             if resumed_from is not None:
                 parent = self.check_resume(resumed_from)
                 parent.continued_by, parent.resume_pending = job.id, None
+                job.losses = losses_up_to(parent, step)  # the curve goes on from the checkpoint, not from empty
+                job.info["resumed_at_step"] = step
             self._jobs[job.id] = job
             self._contexts[job.id] = JobContext(self, job)
             self._save()

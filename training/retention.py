@@ -33,7 +33,25 @@ class CheckpointRetention:
             return None
         return os.path.join(self.checkpoint_root, job_id)
 
+    def step_file_paths(self, job: JobRecord) -> list[str]:
+        """The LoRAs a job saved every save_every steps (info.step_files holds names; the folders are those of
+        its own outputs)."""
+        planned = job.info.get("planned_outputs") or {}
+        out = []
+        for files in (job.info.get("step_files") or {}).values():
+            for kind, name in (files or {}).items():
+                base = planned.get(kind)
+                if isinstance(base, str) and isinstance(name, str) and os.path.basename(name) == name:
+                    out.append(os.path.join(os.path.dirname(base), name))
+        return out
+
     def _folder_bytes(self, job_id: str) -> int:
+        """What the job keeps besides its final LoRAs: its checkpoint folder and the LoRAs saved by step."""
+        job = self._jobs.get(job_id)
+        steps = sum(os.path.getsize(p) for p in self.step_file_paths(job) if os.path.isfile(p)) if job else 0
+        return steps + self._checkpoint_folder_bytes(job_id)
+
+    def _checkpoint_folder_bytes(self, job_id: str) -> int:
         folder = self.job_folder(job_id)
         if folder is None:
             return 0
@@ -119,6 +137,15 @@ class CheckpointRetention:
                     raise ResumeRefused(f"job {other.id} is {other.state} and resumes from job {job_id}'s "
                                         "checkpoint: delete it once that job has ended")
             freed = self._prune(job, everything=True)
+            for path in self.step_file_paths(job):  # the LoRAs saved by step go with the other extras
+                try:
+                    size = os.path.getsize(path)
+                    os.remove(path)
+                    freed += size
+                except OSError:
+                    pass
+            job.info.pop("step_files", None)
+            job.checkpoint_bytes = self._folder_bytes(job.id)
             job.checkpoint = None
             self._save()
         self._emit(job, kind="state")

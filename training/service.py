@@ -98,7 +98,7 @@ class TrainingService:
 
     def start(self, inputs: TrainInputs, config: TrainConfig, name: str, *, resume_prompt: dict | None = None,
               node_id: str | None = None, resume_job: JobRecord | None = None, base_name: str = "",
-              workflow_id: str | None = None) -> JobRecord:
+              workflow_id: str | None = None, save_every: int = 0) -> JobRecord:
         config.validate()
         # read here, not in the job: a bad UNZIPLORA_CPU_THREADS fails the prompt, on the node, before any job
         cpu_threads = cpu_training_threads() if (self.device or default_device()).type == "cpu" else None
@@ -106,7 +106,7 @@ class TrainingService:
             final_name = output_names(self.dirs, name, reserved=self.reserved_names())
             info = dict(inputs.info, output_name=final_name, requested_name=name, mode=config.mode,
                         node_id=node_id, workflow_id=workflow_id, base_model=base_name, config=config.to_json(),
-                        cpu_threads=cpu_threads)
+                        cpu_threads=cpu_threads, save_every=int(save_every or 0))
             info["planned_outputs"] = {
                 "content": os.path.join(self.dirs.loras, f"{final_name}_content.safetensors"),
                 "style": os.path.join(self.dirs.loras, f"{final_name}_style.safetensors"),
@@ -154,7 +154,8 @@ class TrainingService:
                 result = faults.explained(lambda: trainer.run(
                     progress=progress, should_stop=lambda: ctx.stop_requested, resume_from=resume_from,
                     on_checkpoint=ctx.set_checkpoint, previews=renderer,
-                    on_preview=lambda entries: [ctx.add_preview(e) for e in entries]), ctx.job, device)
+                    on_preview=lambda entries: [ctx.add_preview(e) for e in entries],
+                    on_step=step_saver(ctx, config, self.dirs, name, inputs, base_name)), ctx.job, device)
             finally:
                 if reservation is not None:
                     reservation.release()
@@ -169,6 +170,27 @@ class TrainingService:
                 ctx.job, device)
 
         return work
+
+
+def step_saver(ctx: JobContext, config: TrainConfig, dirs: OutputDirs, name: str, inputs: TrainInputs,
+               base_name: str):
+    """on_step for Trainer.run: every info.save_every steps (not the last: that is the run's own files) the LoRAs
+    as they are, as <name>_stepNNNNNN (content, style, bundle: the loaders list them), recorded in
+    info.step_files {step: {content, style, bundle}} for the panel's "use this step" and the retention."""
+    every = int(ctx.job.info.get("save_every") or 0)
+    if every <= 0:
+        return None
+
+    def save(step: int, lora) -> None:
+        if step % every or step >= config.steps:
+            return
+        from .loop import RunResult
+
+        files = export_run(RunResult(lora, None, step, []), config, dirs, f"{name}_step{step:06d}", inputs,
+                           base_name=base_name, started_at=ctx.job.started)
+        ctx.add_step_files(step, files)
+
+    return save
 
 
 def gpu_reservation(ctx: JobContext, trainer: Trainer, inputs: TrainInputs, config: TrainConfig):
