@@ -513,6 +513,10 @@ app.registerExtension({
     if (nodeData?.name !== NODE_TYPE) return;
     chain(nodeType.prototype, "onNodeCreated", function () {
       attachPanel(this);
+      // a new node keeps its seed: with "randomize" every Run would be a changed input, i.e. a new training job
+      // (a loaded workflow sets its own value after this)
+      const control = this.widgets?.find((w) => w.name === "control_after_generate");
+      if (control) control.value = "fixed";
     });
     chain(nodeType.prototype, "onExecuted", function (output) {
       const entry = this.__unziplora;
