@@ -282,7 +282,7 @@ OPTIONAL_WORKFLOWS = {SEEDS_TRAIN: (seeds_train_workflow, ()),
 def main() -> int:
     from playwright.sync_api import sync_playwright
 
-    from test_browser import CHROMIUM, CHROMIUM_ARGS, open_app
+    from test_browser import CHROMIUM, CHROMIUM_ARGS, close_templates_dialog, open_app
 
     ckpt_path = ensure_tiny_checkpoint()
     base = make_base_dir(Path(tempfile.mkdtemp(prefix="unziplora-workflows-")), checkpoint=ckpt_path)
@@ -296,15 +296,18 @@ def main() -> int:
         (base / "models" / "unziplora" / f"{name}.safetensors").write_bytes(b"")
     (base / "models" / "clip_vision").mkdir(parents=True, exist_ok=True)
     (base / "models" / "clip_vision" / "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors").write_bytes(b"")
-    for old in list(OUT.glob("*.json")) + list(OUT.glob("*.jpg")):
-        old.unlink()  # names change with titles: no stale template stays listed
     server = start_server(base)
     try:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
             def fresh_page(first_visit):
                 page = browser.new_page(viewport={"width": 2600, "height": 1700})
-                open_app(page, server.url, first_visit=first_visit)
+                open_app(page, server.url)
+                try:  # the server remembers the first visit: later pages may open no Templates dialog
+                    close_templates_dialog(page, timeout=60 if first_visit else 5)
+                except Exception:
+                    if first_visit:
+                        raise
                 page.evaluate("() => window.app.ui?.settings?.setSettingValue?.('Comfy.Minimap.Visible', false)")
                 banner = page.locator("button[aria-label='Close']").first  # the 'Nodes 2.0' announcement
                 if banner.count():
@@ -314,6 +317,7 @@ def main() -> int:
             page = fresh_page(True)
             known = set(server.client().object_info())
             todo = dict(WORKFLOWS)
+            rendered = []
             for name, (make, needs) in OPTIONAL_WORKFLOWS.items():
                 missing = [t for t in needs if t not in known]
                 if missing or not INSPECT_SPEC.is_file():
@@ -323,10 +327,15 @@ def main() -> int:
             for name, make in todo.items():
                 # a page per workflow: Nodes 2.0 on large graphs has crashed the renderer (1.32.9)
                 page.close()
-                page = fresh_page(True)
-                ui, png = render(page, name, make())
-                _write_outputs(name, ui, png)
+                page = fresh_page(False)
+                rendered.append((name, *render(page, name, make())))
             browser.close()
+        # replaced only once every one rendered (a failed run leaves the shipped ones as they were); names change
+        # with titles: no stale template stays listed
+        for old in list(OUT.glob("*.json")) + list(OUT.glob("*.jpg")):
+            old.unlink()
+        for name, ui, png in rendered:
+            _write_outputs(name, ui, png)
     finally:
         server.stop()
     return 0
