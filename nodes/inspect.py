@@ -43,9 +43,11 @@ class UnZipLoRAInspect(io.ComfyNode):
                                                "Pair (any two files) or Load B-LoRA."),
             ],
             outputs=[
-                io.Image.Output("map", tooltip="The decomposition as a picture, with a legend (also shown on the node)."),
-                io.String.Output("summary", tooltip="The per-block numbers as text: role, kept fractions, overlap, "
-                                                    "||BA|| of each side, mergers on the overlap."),
+                io.Image.Output("map", display_name="map",
+                                tooltip="The decomposition as a picture, with a legend (also shown on the node)."),
+                io.String.Output("summary", display_name="summary",
+                                 tooltip="The per-block numbers as text: role, kept fractions, overlap, "
+                                         "||BA|| of each side, mergers on the overlap."),
             ],
         )
 

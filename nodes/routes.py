@@ -148,6 +148,9 @@ def resume_prompt_for(job) -> dict:
         # graphs recorded before resume moved to the extra data carried it as an input
         if isinstance(node, dict) and isinstance(node.get("inputs"), dict):
             node["inputs"].pop("resume_from", None)
+    from .train_cache import FORCE_KEY, force_value
+
+    prompt[node_id].setdefault("inputs", {})[FORCE_KEY] = force_value()  # an explicit run: past ComfyUI's cache
     return prompt
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-import uuid
 
 from comfy_api.latest import io
 
@@ -12,10 +11,12 @@ from ..training.presets import PRESETS, apply_preset, preset_tooltip
 from ..training.prepare import prepare_inputs
 from ..unziplora import compat
 from ..unziplora.roles import MODES
+from . import train_cache
 from .runtime import service
 from .validate import shown, check_inputs, check_name, check_prompts, plain_errors, queue_check
 
 PAPER = TrainConfig()
+PREVIEW_EVERY = 100  # six rounds over the paper's 600 steps
 
 
 def build_combined_prompt(content_prompt: str, style_prompt: str) -> str:
@@ -81,7 +82,8 @@ class UnZipLoRATrain(io.ComfyNode):
                              tooltip="Seed of LoRA init, crops, noise and timesteps. Same inputs + seed = same LoRAs."),
                 io.Int.Input("checkpoint_every", default=PAPER.checkpoint_every, min=0, max=100000,
                              tooltip="Save a resumable checkpoint every N steps (0: only when cancelled)."),
-                io.Int.Input("preview_every", default=PAPER.preview_every, min=0, max=100000,
+                # previews on by default in the node (the config's 0 suits scripts): users pick a step by them
+                io.Int.Input("preview_every", default=PREVIEW_EVERY, min=0, max=100000,
                              tooltip="Render content / style / combined previews every N steps (0: none)."),
                 io.Int.Input("preview_steps", default=PAPER.preview_steps, min=1, max=100,
                              tooltip="Sampling steps of each preview (few: previews are sketches of progress)."),
@@ -94,6 +96,10 @@ class UnZipLoRATrain(io.ComfyNode):
                                tooltip="background: return at once, queue stays free. blocking: train inside the "
                                        "queue with ComfyUI's progress bar and Cancel (for small GPUs)."),
                 io.Combo.Input("preset", options=list(PRESETS), default="auto", optional=True, tooltip=preset_tooltip()),
+                # widget values are saved by position: new inputs go last, so saved workflows keep their values
+                io.Int.Input("save_every", default=0, min=0, max=100000, optional=True,
+                             tooltip="Also save the LoRAs every N steps, as <name>_stepNNNNNN (the loaders list them; "
+                                     "the panel's previews offer 'use this step'). 0: only at the end."),
                 io.Combo.Input("device", options=compat.device_options(), default=compat.DEFAULT_DEVICE, optional=True,
                                tooltip="Where the job trains. default: ComfyUI's device. gpu:N: another card (train "
                                        "on one GPU while prompts run on the other); cpu: slow, for small tests."),
@@ -112,10 +118,10 @@ class UnZipLoRATrain(io.ComfyNode):
 
     @classmethod
     def fingerprint_inputs(cls, **kwargs):
-        # not_idempotent only keeps identical nodes from sharing a cache entry; without this an unchanged graph
-        # queued again (the panel's Train button) is served from the cache and no job starts. A fresh value
-        # every time, not NaN: ComfyUI stores it in the queue/history JSON, where NaN breaks the frontend's parser.
-        return uuid.uuid4().hex
+        # the same value for unchanged inputs whose job is done or running: ComfyUI answers the stock Run from
+        # its cache and starts nothing; the panel's Train / Resume break the cache with a fresh FORCE_KEY input
+        # (nodes/train_cache.py). A string, never NaN: ComfyUI stores it in the queue/history JSON.
+        return train_cache.fingerprint(service().manager, kwargs)
 
     @classmethod
     def validate_inputs(cls, content_prompt=None, style_prompt=None, combined_prompt=None, name=None, mode=None,
@@ -141,7 +147,7 @@ class UnZipLoRATrain(io.ComfyNode):
     def execute(cls, model, clip, vae, image, content_prompt, style_prompt, combined_prompt, name, mode, steps, rank,
                 lr_content, lr_style, lr_merger, column_ratio, selections, orth_lambda, resolution, seed,
                 checkpoint_every, preview_every, preview_steps, gradient_checkpointing, precision, run_mode,
-                preset="auto", device=compat.DEFAULT_DEVICE, **_ignored) -> io.NodeOutput:
+                preset="auto", device=compat.DEFAULT_DEVICE, save_every=0, **_ignored) -> io.NodeOutput:
         check_inputs(cls, locals())
         train_device = compat.resolve_device(device)  # None: ComfyUI's own device
         config = TrainConfig(mode=mode, steps=steps, rank=rank, lr_content=lr_content, lr_style=lr_style,
@@ -160,19 +166,31 @@ class UnZipLoRATrain(io.ComfyNode):
             raise ValueError(f"Resume of job {resume_from!r}: it was started by train node "
                              f"{resume_job.info.get('node_id')}, not by this one ({cls.hidden.unique_id}): a job resumes "
                              "with its own node's settings (use Resume on its panel)")
+        request = train_cache.request_key(cls.hidden.prompt, cls.hidden.unique_id, image)
+        if not resume_job and not train_cache.forced(cls.hidden.prompt, cls.hidden.unique_id):
+            same = train_cache.reusable_job(svc.manager, request, cls.hidden.unique_id)
+            if same is not None:  # an unchanged Run the cache could not answer: that job, no new one
+                return _outputs(same)
         prompt = combined_prompt.strip() or build_combined_prompt(content_prompt, style_prompt)
         inputs = prepare_inputs(model, clip, vae, image, prompt, content_prompt, style_prompt, config)
         make_room_for_training(inputs.unet, train_device)
         job = svc.start(inputs, config, name, resume_prompt=cls.hidden.prompt, node_id=cls.hidden.unique_id,
                         resume_job=resume_job, base_name=base_model_name(cls.hidden.prompt, cls.hidden.unique_id),
-                        workflow_id=workflow_id_of(cls.hidden.extra_pnginfo), device=train_device)
+                        workflow_id=workflow_id_of(cls.hidden.extra_pnginfo), device=train_device,
+                        save_every=save_every)
+        job.info.update(request_key=request, widget_key=train_cache.widget_key_of(cls.hidden.prompt,
+                                                                                   cls.hidden.unique_id))
         if run_mode == "blocking":
             job = _wait_in_queue(svc, job)
-        planned = job.info["planned_outputs"]
-        # the job id for API clients (history) and the panel (onExecuted); one key only: the web extension hides
-        # it from the queue panel, which lists every ui key as a result file
-        ui = {"unziplora_job": [job.id]}
-        return io.NodeOutput(job.id, planned["content"], planned["style"], planned["bundle"], ui=ui)
+        return _outputs(job)
+
+
+def _outputs(job) -> io.NodeOutput:
+    planned = job.info["planned_outputs"]
+    # the job id for API clients (history) and the panel (onExecuted); one key only: the web extension hides
+    # it from the queue panel, which lists every ui key as a result file
+    ui = {"unziplora_job": [job.id]}
+    return io.NodeOutput(job.id, planned["content"], planned["style"], planned["bundle"], ui=ui)
 
 
 RESUME_KEY = "unziplora_resume"  # extra_pnginfo[RESUME_KEY] = {train node id: job id}, set by the Resume route

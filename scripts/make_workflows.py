@@ -28,6 +28,10 @@ CKPT = "sd_xl_base_1.0.safetensors"  # what the shipped workflows name; the tiny
 CKPT_MODEL = {"name": CKPT, "directory": "checkpoints",
               "url": "https://huggingface.co/stabilityai/stable-diffusion-xl-base-1.0/resolve/main/"
                      "sd_xl_base_1.0.safetensors"}
+# Score's CLIP Vision model: the ViT-H image encoder ComfyUI users keep under this name (IP-Adapter's, in the
+# transformers layout CLIPVisionLoader reads); the frontend offers it for download from properties.models
+CLIP_VISION_MODEL = {"name": "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors", "directory": "clip_vision",
+                     "url": "https://huggingface.co/h94/IP-Adapter/resolve/main/models/image_encoder/model.safetensors"}
 SAMPLE_IMAGE = "unziplora_sample_cat.png"  # shipped in example_workflows/, copied to input/ at load when absent
 BUNDLE = "unziplora.safetensors"  # the train node's default name
 NEG = "blurry, low quality, deformed"
@@ -278,7 +282,7 @@ OPTIONAL_WORKFLOWS = {SEEDS_TRAIN: (seeds_train_workflow, ()),
 def main() -> int:
     from playwright.sync_api import sync_playwright
 
-    from test_browser import CHROMIUM, CHROMIUM_ARGS, open_app
+    from test_browser import CHROMIUM, CHROMIUM_ARGS, close_templates_dialog, open_app
 
     ckpt_path = ensure_tiny_checkpoint()
     base = make_base_dir(Path(tempfile.mkdtemp(prefix="unziplora-workflows-")), checkpoint=ckpt_path)
@@ -292,20 +296,28 @@ def main() -> int:
         (base / "models" / "unziplora" / f"{name}.safetensors").write_bytes(b"")
     (base / "models" / "clip_vision").mkdir(parents=True, exist_ok=True)
     (base / "models" / "clip_vision" / "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors").write_bytes(b"")
-    for old in list(OUT.glob("*.json")) + list(OUT.glob("*.jpg")):
-        old.unlink()  # names change with titles: no stale template stays listed
     server = start_server(base)
     try:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-            page = browser.new_page(viewport={"width": 2600, "height": 1700})
-            open_app(page, server.url, first_visit=True)
-            page.evaluate("() => window.app.ui?.settings?.setSettingValue?.('Comfy.Minimap.Visible', false)")
-            banner = page.locator("button[aria-label='Close']").first  # the 'Nodes 2.0' announcement
-            if banner.count():
-                banner.click()
+            def fresh_page(first_visit):
+                page = browser.new_page(viewport={"width": 2600, "height": 1700})
+                open_app(page, server.url)
+                try:  # the server remembers the first visit: later pages may open no Templates dialog
+                    close_templates_dialog(page, timeout=60 if first_visit else 5)
+                except Exception:
+                    if first_visit:
+                        raise
+                page.evaluate("() => window.app.ui?.settings?.setSettingValue?.('Comfy.Minimap.Visible', false)")
+                banner = page.locator("button[aria-label='Close']").first  # the 'Nodes 2.0' announcement
+                if banner.count():
+                    banner.click()
+                return page
+
+            page = fresh_page(True)
             known = set(server.client().object_info())
             todo = dict(WORKFLOWS)
+            rendered = []
             for name, (make, needs) in OPTIONAL_WORKFLOWS.items():
                 missing = [t for t in needs if t not in known]
                 if missing or not INSPECT_SPEC.is_file():
@@ -313,10 +325,17 @@ def main() -> int:
                 else:
                     todo[name] = make
             for name, make in todo.items():
-                wf = make()
-                ui, png = render(page, name, wf)
-                _write_outputs(name, ui, png)
+                # a page per workflow: Nodes 2.0 on large graphs has crashed the renderer (1.32.9)
+                page.close()
+                page = fresh_page(False)
+                rendered.append((name, *render(page, name, make())))
             browser.close()
+        # replaced only once every one rendered (a failed run leaves the shipped ones as they were); names change
+        # with titles: no stale template stays listed
+        for old in list(OUT.glob("*.json")) + list(OUT.glob("*.jpg")):
+            old.unlink()
+        for name, ui, png in rendered:
+            _write_outputs(name, ui, png)
     finally:
         server.stop()
     return 0
@@ -333,7 +352,8 @@ def render(page, name: str, wf: dict) -> tuple[dict, bytes]:
     """Load the API graph into the page, add a Note per section, lay the sections out as groups, serialise."""
     placed = {n for sec in wf["sections"] for n in sec["nodes"]}
     wf["sections"][0]["nodes"] += [n for n in wf["graph"] if n not in placed]  # e.g. the shared latent
-    page.evaluate("""([graph, name, model]) => {
+    drawn = vue_sizes(page, wf["graph"], name)
+    page.evaluate("""([graph, name, model, clipVision, drawn]) => {
         const app = window.app;
         app.nodeOutputs = {};  // no image previews carried over from the previous graph's node ids
         app.loadApiJson(graph, name);
@@ -342,9 +362,19 @@ def render(page, name: str, wf: dict) -> tuple[dict, bytes]:
             if (c) c.value = "fixed";
             // room for the image a run shows, so nothing overlaps afterwards
             if (n.type === "SaveImage") n.size = [420, 470];
+            // Nodes 2.0 sizes a node by its content (often taller): lay out with the larger of the two sizes,
+            // which both renderers then draw at least
+            const v = drawn[String(n.id)];
+            if (v) n.size = [Math.max(n.size[0], Math.ceil(v[0])), Math.max(n.size[1], Math.ceil(v[1]))];
             if (n.type === "CheckpointLoaderSimple") n.properties.models = [model];
+            if (n.type === "CLIPVisionLoader") n.properties.models = [clipVision];
+            // which trained run to load is the user's choice (or "Use it"'s): a template naming a file nobody
+            // can download makes the frontend report a missing model it cannot resolve (1.58) or fail late (1.32)
+            const chosen = { UnZipLoRALoader: ["bundle"], UnZipLoRALoadFiles: ["content_lora", "style_lora"],
+                             UnZipLoRALoadBLoRA: ["lora"] }[n.type] ?? [];
+            for (const w of n.widgets ?? []) if (chosen.includes(w.name)) w.value = "";
         }
-    }""", [wf["graph"], name, CKPT_MODEL])
+    }""", [wf["graph"], name, CKPT_MODEL, CLIP_VISION_MODEL, drawn])
     page.wait_for_timeout(600)  # let DOM widgets size their nodes before laying out
     out = page.evaluate("""([sections, row, depth]) => {
         const app = window.app, g = app.graph, LG = window.LiteGraph;
@@ -406,6 +436,31 @@ def render(page, name: str, wf: dict) -> tuple[dict, bytes]:
     page.mouse.move(5, 5)
     page.wait_for_timeout(800)
     return out["ui"], page.screenshot(clip=out["clip"])
+
+
+VUE_SETTING = "Comfy.VueNodes.Enabled"
+
+
+def vue_sizes(page, graph: dict, name: str) -> dict:
+    """{node id: [width, height]} of each node as Nodes 2.0 draws it (graph units, body without the title)."""
+    page.evaluate("([id]) => window.app.extensionManager.setting.set(id, true)", [VUE_SETTING])
+    try:
+        page.evaluate("([graph, name]) => { window.app.nodeOutputs = {}; window.app.loadApiJson(graph, name); }",
+                      [graph, name])
+        page.wait_for_selector("[data-node-id]", timeout=20_000)
+        page.wait_for_timeout(1500)  # the node components size themselves
+        return page.evaluate("""() => { const app = window.app, TITLE = window.LiteGraph.NODE_TITLE_HEIGHT ?? 30;
+            const s = app.canvas.ds.scale || 1, out = {};
+            for (const n of app.graph.nodes) {
+                const el = document.querySelector(`.lg-node[data-node-id="${n.id}"]`);
+                if (!el) continue;
+                const r = el.getBoundingClientRect();
+                out[String(n.id)] = [r.width / s, r.height / s - TITLE];
+            }
+            return out; }""")
+    finally:
+        page.evaluate("([id]) => window.app.extensionManager.setting.set(id, false)", [VUE_SETTING])
+        page.wait_for_timeout(300)
 
 
 def _depths(graph: dict) -> dict:

@@ -27,6 +27,7 @@ CHROMIUM = os.environ.get("UNZIPLORA_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
                  "--disable-sync", "--disable-component-update"]
 ARTIFACTS = REPO / "test-artifacts"
+HOST_SUFFIX = "_hostb" if os.environ.get("UNZIPLORA_FRONTEND_ROOT") else ""  # screenshots of the two hosts apart
 IMAGE_NAME = "unziplora_browser_test.png"
 TRAIN_ID = "3"
 STEPS = 12
@@ -356,6 +357,13 @@ def test_cancel_then_resume(session):
     # job announces its starting step at once, so 0 never appears)
     shown = [s["step"] for s in seen if s["jobId"] == st["jobId"] and s["state"] in ("running", "done")]
     assert shown and min(shown) >= stopped_at, (stopped_at, shown)
+    # issue 21.7: the panel said "Resuming from step N" (not "Preparing"), and the curve kept the steps before
+    # the checkpoint: one loss per step from step 1
+    notes = [s["note"] for s in seen if s["note"]]
+    assert any(f"from step {stopped_at}" in n for n in notes), notes
+    assert not [n for n in notes if n.startswith("Preparing")], notes
+    assert len(resumed[0]["losses"]) == STEPS, resumed[0]["losses"]
+    screenshot_panel(page, ARTIFACTS / f"unziplora_resumed{HOST_SUFFIX}.png")
 
 
 def test_reload_restores_panel(session):
@@ -422,8 +430,8 @@ def test_help_page(session):
     assert status == 200 and b"# UnZipLoRA Train" in body
     spec = client.object_info("UnZipLoRATrain")["UnZipLoRATrain"]["input"]
     names = [*spec.get("required", {}), *spec.get("optional", {})]
-    undocumented = [n for n in names if f"| `{n}` |".encode() not in body]
-    assert not undocumented, f"inputs missing from the help page's table: {undocumented}"
+    undocumented = [n for n in names if f"- `{n}` (".encode() not in body]
+    assert not undocumented, f"inputs missing from the help page's list: {undocumented}"
     # the selection toolbox (with the info button) sits above the selected node: keep room for it
     page.evaluate("""(id) => { const c = window.app.canvas; c.ds.scale = 1; c.ds.offset = [0, 160];
                               c.selectNode(window.app.graph.getNodeById(id));
@@ -434,7 +442,21 @@ def test_help_page(session):
     help_box.first.wait_for(state="visible", timeout=15_000)
     text = help_box.first.inner_text()
     assert "checkpoint_every" in text and "Resume" in text, text[:500]
-    page.screenshot(path=str(ARTIFACTS / "unziplora_help.png"))
+    # issue 21.5: the page reads in the panel (~285 px wide): nothing cut off on the right, no table whose
+    # columns squeeze words into one letter per line, one "The panel" section
+    fit = help_box.first.evaluate("""(box) => {
+        const r = box.getBoundingClientRect();
+        const wide = [...box.querySelectorAll('*')].filter((e) => e.getBoundingClientRect().right > r.right + 2)
+            .map((e) => e.tagName + ': ' + e.textContent.slice(0, 40));
+        const narrow = [...box.querySelectorAll('p, li, td, th')].filter((e) => e.textContent.trim().length > 12
+            && e.getBoundingClientRect().width < 60).map((e) => e.textContent.slice(0, 40));
+        return { width: r.width, scroll: box.scrollWidth, client: box.clientWidth, wide: wide.slice(0, 5),
+                 narrow: narrow.slice(0, 5), tables: box.querySelectorAll('table').length,
+                 panels: [...box.querySelectorAll('h2')].filter((h) => h.textContent.trim() === 'The panel').length };
+    }""")
+    page.screenshot(path=str(ARTIFACTS / f"unziplora_help{HOST_SUFFIX}.png"))
+    assert fit["scroll"] <= fit["client"] + 2 and not fit["wide"], fit
+    assert not fit["narrow"] and fit["tables"] == 0 and fit["panels"] == 1, fit
     page.keyboard.press("Escape")
 
 

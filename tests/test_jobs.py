@@ -101,3 +101,26 @@ def test_job_cancelled_exception_is_a_cancel_not_a_failure(tmp_path):
         raise JobCancelled()
 
     assert m.wait(m.submit("c", work).id, timeout=5).state == "cancelled"
+
+
+def test_resume_keeps_the_loss_curve_up_to_the_checkpoint(tmp_path):
+    """Issue 21.7: a resumed job starts with the losses of the steps its checkpoint holds (the parent ran two
+    steps past it before it stopped), so the panel's plot goes on instead of starting at the checkpoint."""
+    m = JobManager(str(tmp_path / "jobs.json"), checkpoint_root=str(tmp_path / "ck"))
+
+    def work(ctx):
+        for s in range(1, 7):
+            ctx.progress(s, 10, loss=s / 10)
+            if s == 4:
+                path = tmp_path / "ck" / ctx.job.id / "step_000004.pt"
+                path.parent.mkdir(parents=True)
+                path.write_bytes(b"state")
+                ctx.set_checkpoint(str(path))
+        raise JobCancelled()
+
+    parent = m.wait(m.submit("a", work, total=10).id)
+    assert parent.state == "cancelled" and parent.losses == [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]
+    child = m.submit("a", lambda ctx: {}, total=10, resumed_from=parent.id, step=4)
+    assert child.losses == [0.1, 0.2, 0.3, 0.4] and child.step == 4
+    assert child.info["resumed_at_step"] == 4
+    m.wait(child.id)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import re
 import sys
 
 import pytest
@@ -51,6 +52,29 @@ def test_template_has_no_schema_nulls_and_offers_the_model(path):
     assert all(n["widgets_values"][0] == make_workflows.SAMPLE_IMAGE for n in images)
 
 
+MODEL_EXTENSIONS = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin", ".onnx", ".gguf")  # 1.58's scan
+
+
+@pytest.mark.parametrize("path", TEMPLATES, ids=lambda p: p.stem)
+def test_template_names_no_model_that_cannot_be_downloaded(path):
+    """Issue 21.2/21.3: every widget value the frontend reads as a model file comes with download metadata
+    (properties.models: name, directory, https URL); the trained run to load is left for the user to pick."""
+    wf = json.loads(path.read_text())
+    for n in wf["nodes"]:
+        values = n.get("widgets_values") or []
+        values = values.values() if isinstance(values, dict) else values
+        declared = {m["name"]: m for m in n.get("properties", {}).get("models", [])}
+        for v in values:
+            if isinstance(v, str) and v.lower().endswith(MODEL_EXTENSIONS):
+                assert v in declared, f"{n['type']} #{n['id']} names {v!r} with no way to download it"
+                assert declared[v]["url"].startswith("https://huggingface.co/") and declared[v]["directory"]
+        if n["type"] in ("UnZipLoRALoader", "UnZipLoRALoadFiles", "UnZipLoRALoadBLoRA"):
+            assert not [v for v in values if isinstance(v, str) and v.endswith(".safetensors")], n
+    for n in wf["nodes"]:
+        if n["type"] == "CLIPVisionLoader":
+            assert n["properties"]["models"] == [make_workflows.CLIP_VISION_MODEL]
+
+
 def test_find_nulls_names_the_paths():
     assert make_workflows.find_nulls({"floatingLinks": None, "extra": None, "nodes": [
         {"inputs": [{"link": None, "slot_index": None}]}]}) == [".floatingLinks", ".nodes[0].inputs[0].slot_index"]
@@ -87,7 +111,25 @@ def test_resume_travels_in_the_extra_data_not_in_a_widget(pack):
 def test_outputs_have_names(pack):
     nodes = importlib.import_module(f"{pack.__name__}.nodes")
     for cls in (nodes.UnZipLoRATrain, nodes.UnZipLoRALoader, nodes.UnZipLoRAPrompts, nodes.UnZipLoRAApply,
-                nodes.UnZipLoRALoadFiles, nodes.UnZipLoRALoadBLoRA):
+                nodes.UnZipLoRALoadFiles, nodes.UnZipLoRALoadBLoRA, nodes.UnZipLoRAScore, nodes.UnZipLoRAInspect):
         schema = cls.define_schema()
         for o in schema.outputs:
             assert o.display_name, f"{schema.node_id}: output {o.id} shows as its type"
+
+
+DOCS = sorted((REPO / "web" / "docs").glob("*.md"))
+
+
+@pytest.mark.parametrize("path", DOCS, ids=lambda p: p.stem)
+def test_help_page_reads_in_a_narrow_panel(path):
+    """Issue 21.5: the node help panels are ~285 px wide (1.58.1's Info tab, 1.32.9's node library): tables of
+    more than two columns are cut off or wrapped a letter per line there, and a long unbroken code span sticks
+    out. The browser check (tests/test_browser.py::test_help_page) measures the Train page on both frontends."""
+    text = path.read_text()
+    rows = [line for line in text.splitlines() if line.startswith("|")]
+    assert not [r for r in rows if r.count("|") > 3], f"{path.name}: a table of more than two columns"
+    spans = [s for s in re.findall(r"`([^`]+)`", text) if " " not in s and len(s) > 40]
+    assert not spans, f"{path.name}: unbreakable code spans {spans}"
+    if path.stem == "UnZipLoRATrain":
+        assert text.count("\n## The panel\n") == 1 and "sparkline" not in text
+

@@ -125,6 +125,49 @@ def test_train_prompt_returns_while_job_runs_and_queue_stays_free(finished_run):
     LOG.warning("train prompt returned in %.2f s", r["prompt_s"])
 
 
+def test_unchanged_run_reuses_the_job_and_train_trains_again(finished_run, server, ckpt):
+    """Issue 21.1: the stock Run of an unchanged graph starts no second job, whether ComfyUI's cache answers
+    (queued twice in a row) or the node has to (another graph ran in between, emptying the cache); the panel's
+    Train button (a fresh FORCE_KEY input) starts one."""
+    client = finished_run["client"]
+    done = finished_run["job"]
+    before = {j["id"] for j in client.get_json("/unziplora/jobs")["jobs"]}
+    graph = train_graph(ckpt, preview_every=12)  # exactly what finished_run queued
+    with client.follow() as events:
+        first = client.queue(graph)  # the stock graph ran since: the node itself finds its job
+        events.until_done(first, timeout=120)
+        second = client.queue(graph)  # straight after: ComfyUI's cache answers
+        seen = events.until_done(second, timeout=120)
+    assert job_id_of(client.history(first)) == done["id"]
+    assert job_id_of(client.history(second)) == done["id"]
+    cached = [n for e in seen if e.get("type") == "execution_cached" and e["data"].get("prompt_id") == second
+              for n in e["data"]["nodes"]]
+    assert "3" in cached, seen
+    assert {j["id"] for j in client.get_json("/unziplora/jobs")["jobs"]} == before, "Run started a job"
+
+    forced = train_graph(ckpt, preview_every=12)
+    forced["3"]["inputs"]["unziplora_train"] = "train-again-1"  # what the panel's Train button adds
+    with client.follow() as events:
+        pid = client.queue(forced)
+        events.until_done(pid, timeout=120)
+    new_id = job_id_of(client.history(pid))
+    assert new_id != done["id"] and new_id not in before
+    client.post_json(f"/unziplora/jobs/{new_id}/cancel", {})
+    assert wait_job(client, new_id)["state"] in ("cancelled", "done")
+
+    # a job that ended without LoRAs is not reused: Run trains again
+    plain = train_graph(ckpt, name="cat_rerun", steps=40, checkpoint_every=0)
+    ids = []
+    for _ in range(2):
+        with client.follow() as events:
+            pid = client.queue(plain)
+            events.until_done(pid, timeout=120)
+        ids.append(job_id_of(client.history(pid)))
+        client.post_json(f"/unziplora/jobs/{ids[-1]}/cancel", {})
+        assert wait_job(client, ids[-1])["state"] == "cancelled"
+    assert ids[0] != ids[1], "Run reused a cancelled job"
+
+
 def test_progress_events_arrive_over_websocket(finished_run):
     ev = [e for e in finished_run["events"] if e.get("type") == "unziplora.progress"]
     steps = [e["data"]["job"]["step"] for e in ev if e["data"]["kind"] == "progress"]

@@ -111,6 +111,14 @@ class JobContext:
     def set_checkpoint(self, path: str) -> None:
         self._m.checkpoint_saved(self.job, path)
 
+    def add_step_files(self, step: int, files: dict) -> None:
+        """The LoRAs saved at `step` (save_every): file names only, in the folders of the run's own outputs."""
+        names = {k: os.path.basename(files[k]) for k in ("content", "style", "bundle") if files.get(k)}
+        self.job.info.setdefault("step_files", {})[str(step)] = names
+        self.job.checkpoint_bytes = self._m.retention.folder_bytes(self.job.id)  # the sidebar's disk figure
+        self._m.announce(self.job, kind="state")
+        self._m.persist()
+
     def add_preview(self, entry: dict) -> None:
         self.job.previews = (self.job.previews + [entry])[-12:]
         self._m.announce(self.job, kind="preview")
@@ -118,6 +126,14 @@ class JobContext:
 
 
 Work = Callable[[JobContext], dict]
+
+
+def losses_up_to(job: JobRecord, step: int) -> list[float]:
+    """The job's losses of steps 1..step (it may have run past the checkpoint a resume starts from); the list
+    ends at job.step, and keeps the latest LOSS_HISTORY."""
+    extra = max(0, job.step - step)
+    kept = job.losses[:len(job.losses) - extra] if extra else list(job.losses)
+    return kept[-LOSS_HISTORY:]
 
 
 class JobManager:
@@ -297,6 +313,8 @@ class JobManager:
                 # the queued job needs its parent's checkpoint from now on, not only once it starts: retention and
                 # DELETE see the claim while it waits behind another job (issue 20)
                 job.checkpoint = parent.checkpoint
+                job.losses = losses_up_to(parent, step)  # the curve goes on from the checkpoint, not from empty
+                job.info["resumed_at_step"] = step
             self._jobs[job.id] = job
             self._contexts[job.id] = JobContext(self, job)
             self._save()

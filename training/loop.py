@@ -254,8 +254,10 @@ class Trainer:
     def run(self, progress: Callable[[int, int, float], None] | None = None,
             should_stop: Callable[[], bool] | None = None, resume_from: str | None = None,
             on_checkpoint: Callable[[str], None] | None = None, previews=None,
-            on_preview: Callable[[list], None] | None = None) -> RunResult:
-        """previews: a previews.PreviewRenderer, called every config.preview_every steps."""
+            on_preview: Callable[[list], None] | None = None,
+            on_step: Callable[[int, object], None] | None = None) -> RunResult:
+        """previews: a previews.PreviewRenderer, called every config.preview_every steps. on_step(step, lora):
+        after every step's losses and previews (the service saves the LoRAs of chosen steps there)."""
         cfg = self.config
         state = self._setup()
         if resume_from:
@@ -290,6 +292,8 @@ class Trainer:
                 entries = previews.render(state.unet, state.lora, g, self.mode.prompt_separation)
                 if on_preview:
                     on_preview(entries)
+            if on_step is not None:
+                on_step(g, lora)
             if cfg.checkpoint_every and g % cfg.checkpoint_every == 0 and g < cfg.steps:
                 path = self.save_checkpoint(state)
                 if on_checkpoint:

@@ -54,7 +54,25 @@ class CheckpointRetention:
             return None
         return os.path.join(self.root, job_id)
 
+    def step_file_paths(self, job: JobRecord) -> list[str]:
+        """The LoRAs a job saved every save_every steps (info.step_files holds names; the folders are those of
+        its own outputs)."""
+        planned = job.info.get("planned_outputs") or {}
+        out = []
+        for files in (job.info.get("step_files") or {}).values():
+            for kind, name in (files or {}).items():
+                base = planned.get(kind)
+                if isinstance(base, str) and isinstance(name, str) and os.path.basename(name) == name:
+                    out.append(os.path.join(os.path.dirname(base), name))
+        return out
+
     def folder_bytes(self, job_id: str) -> int:
+        """What the job keeps besides its final LoRAs: its checkpoint folder and the LoRAs saved by step."""
+        job = self.jobs.get(job_id)
+        steps = sum(os.path.getsize(p) for p in self.step_file_paths(job) if os.path.isfile(p)) if job else 0
+        return steps + self._checkpoint_folder_bytes(job_id)
+
+    def _checkpoint_folder_bytes(self, job_id: str) -> int:
         folder = self.folder(job_id)
         if folder is None:
             return 0
@@ -183,7 +201,16 @@ class CheckpointRetention:
             raise ResumeRefused(refusal)
         released = job.checkpoint
         freed = self.prune(job, everything=True)
+        for path in self.step_file_paths(job):  # the LoRAs saved by step go with the other extras
+            try:
+                size = os.path.getsize(path)
+                os.remove(path)
+                freed += size
+            except OSError:
+                pass
+        job.info.pop("step_files", None)
         job.checkpoint = None
+        job.checkpoint_bytes = self.folder_bytes(job.id)
         owner = self._owner(released)
         if owner is not None and owner is not job and not keep_checkpoints():
             freed += self.prune(owner)

@@ -93,7 +93,7 @@ class TrainingService:
 
     def start(self, inputs: TrainInputs, config: TrainConfig, name: str, *, resume_prompt: dict | None = None,
               node_id: str | None = None, resume_job: JobRecord | None = None, base_name: str = "",
-              workflow_id: str | None = None, device: torch.device | None = None) -> JobRecord:
+              workflow_id: str | None = None, device: torch.device | None = None, save_every: int = 0) -> JobRecord:
         """device: where this job trains (Train's device input); None: the service's, else ComfyUI's."""
         config.validate()
         device = torch.device(device) if device is not None else (self.device or default_device())
@@ -103,7 +103,7 @@ class TrainingService:
             final_name = output_names(self.dirs, name, reserved=self.reserved_names())
             info = dict(inputs.info, output_name=final_name, requested_name=name, mode=config.mode,
                         node_id=node_id, workflow_id=workflow_id, base_model=base_name, config=config.to_json(),
-                        cpu_threads=cpu_threads, device=str(device))
+                        cpu_threads=cpu_threads, device=str(device), save_every=int(save_every or 0))
             info["planned_outputs"] = dict(zip(("content", "style", "bundle"),
                                                pair_paths(self.dirs.loras, final_name, self.dirs.bundles)))
             resume_from = resume_job.checkpoint if resume_job else None
@@ -180,7 +180,8 @@ class TrainingJob:
         return faults.explained(lambda: trainer.run(
             progress=progress, should_stop=lambda: ctx.stop_requested, resume_from=self.resume_from,
             on_checkpoint=ctx.set_checkpoint, previews=renderer,
-            on_preview=lambda entries: [ctx.add_preview(e) for e in entries]), ctx.job, device)
+            on_preview=lambda entries: [ctx.add_preview(e) for e in entries],
+            on_step=step_saver(ctx, self.config, self.dirs, self.name, self.inputs, self.base_name)), ctx.job, device)
 
     def release(self, ctx: JobContext, reservation, device) -> None:
         """However training ended: the GPU reservation goes, the UNet copy leaves the device."""
@@ -215,6 +216,27 @@ def device_context(device: torch.device):
     if device.type == "cuda" and device.index is not None:
         return torch.cuda.device(device)
     return contextlib.nullcontext()
+
+
+def step_saver(ctx: JobContext, config: TrainConfig, dirs: OutputDirs, name: str, inputs: TrainInputs,
+               base_name: str):
+    """on_step for Trainer.run: every info.save_every steps (not the last: that is the run's own files) the LoRAs
+    as they are, as <name>_stepNNNNNN (content, style, bundle: the loaders list them), recorded in
+    info.step_files {step: {content, style, bundle}} for the panel's "use this step" and the retention."""
+    every = int(ctx.job.info.get("save_every") or 0)
+    if every <= 0:
+        return None
+
+    def save(step: int, lora) -> None:
+        if step % every or step >= config.steps:
+            return
+        from .loop import RunResult
+
+        files = export_run(RunResult(lora, None, step, []), config, dirs, f"{name}_step{step:06d}", inputs,
+                           base_name=base_name, started_at=ctx.job.started)
+        ctx.add_step_files(step, files)
+
+    return save
 
 
 def gpu_reservation(ctx: JobContext, trainer: Trainer, inputs: TrainInputs, config: TrainConfig):

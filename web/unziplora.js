@@ -96,9 +96,9 @@ function redraw() {
   else app.graph?.setDirtyCanvas?.(true, true);
 }
 
-function toast(severity, summary, detail) {
+function toast(severity, summary, detail, life = 5000) {
   const t = app.extensionManager?.toast;
-  if (t?.add) t.add({ severity, summary, detail, life: 5000 });
+  if (t?.add) t.add({ severity, summary, detail, life });
 }
 
 // ---- node <-> job ----------------------------------------------------------------------------------------
@@ -117,6 +117,7 @@ function bind(entry) {
   if (job && job.id !== entry.jobId) entry.jobId = job.id;
   if (entry.pending && entry.jobId && entry.jobId !== entry.pendingFrom) {
     entry.pending = false;
+    entry.resumeStep = null;
     entry.panel.note = null;
     entry.panel.pending = null;
   }
@@ -195,6 +196,7 @@ function markQueued(output, partialTargets) {
     if (!entry.pending) {
       entry.pending = true;
       entry.pendingFrom = entry.jobId ?? null;
+      entry.resumeStep = null;
     }
     entry.panel.note = { text: "Queued: ComfyUI runs this node (prompts, image, model copy), then the job starts.",
       kind: "info" };
@@ -225,17 +227,54 @@ if (typeof api.getHistory === "function") {
   };
 }
 
+// The panel's Train button trains again even when nothing changed: the train node gets a fresh value under this
+// key in the queued prompt, which ComfyUI's cache sees (the stock Run, without it, reuses an unchanged node's job;
+// nodes/train_cache.py).
+const FORCE_KEY = "unziplora_train";
+let forceTrain = null; // exec ids the next queued prompt trains again
+
+function forceTraining(output) {
+  if (!forceTrain) return;
+  for (const id of forceTrain) {
+    const node = output?.[id];
+    if (node?.class_type !== NODE_TYPE) continue;
+    node.inputs = { ...(node.inputs ?? {}), [FORCE_KEY]: `${Date.now().toString(36)}${Math.random().toString(36).slice(2)}` };
+  }
+  forceTrain = null;
+}
+
+/** ComfyUI runs the outputs that pass validation and leaves the others out with only a red outline (easy to
+ * miss at a fitted zoom: Score without a CLIP Vision model). In graphs with this pack's nodes, say so. */
+function reportDroppedOutputs(output, res) {
+  const errors = res?.node_errors;
+  if (!res?.prompt_id || !errors || !Object.keys(errors).length) return;
+  if (!Object.values(output ?? {}).some((n) => String(n?.class_type ?? "").startsWith("UnZipLoRA"))) return;
+  const lines = Object.entries(errors).map(([id, e]) => {
+    const first = e?.errors?.[0];
+    const why = [first?.message, first?.details].filter(Boolean).join(": ");
+    return `${e?.class_type ?? output?.[id]?.class_type ?? "node"} #${id}${why ? ` (${why})` : ""}`;
+  });
+  toast("warn", "Part of the workflow was not run", `Left out because of: ${lines.join("; ")}`, 15000);
+}
+
 const originalQueuePrompt = api.queuePrompt;
 api.queuePrompt = async function (number, data, options, ...rest) {
   // marked before the request: the new job's first event can arrive before the request's answer
   let marked = [];
   try {
+    forceTraining(data?.output);
     marked = markQueued(data?.output, options?.partialExecutionTargets);
   } catch (err) {
     console.warn("[UnZipLoRA] could not mark queued train nodes:", err);
   }
   try {
-    return await originalQueuePrompt.call(this, number, data, options, ...rest);
+    const res = await originalQueuePrompt.call(this, number, data, options, ...rest);
+    try {
+      reportDroppedOutputs(data?.output, res);
+    } catch (err) {
+      console.warn("[UnZipLoRA] could not report the outputs left out:", err);
+    }
+    return res;
   } catch (err) {
     for (const entry of marked) {
       stopPending(entry);
@@ -250,7 +289,12 @@ async function train(entry) {
   const execId = execIdOf(entry.node);
   try {
     // only this node's branch: other outputs in the workflow are not run by Train
-    await app.queuePrompt(0, 1, execId ? [execId] : undefined);
+    forceTrain = execId ? [String(execId)] : null;
+    try {
+      await app.queuePrompt(0, 1, execId ? [execId] : undefined);
+    } finally {
+      forceTrain = null;
+    }
     // queuePrompt's boolean is unreliable (1.32.9 answers false for an empty node_errors {}): read the errors
     const nodeErrors = app.lastNodeErrors ?? {};
     if (Object.keys(nodeErrors).length) {
@@ -285,13 +329,20 @@ async function cancel(job, entry) {
   }
 }
 
+/** The step a job's checkpoint holds (its file is step_NNNNNN.pt), else the step it stopped at. */
+function checkpointStep(job) {
+  const m = /step_(\d+)\.pt$/.exec(job?.checkpoint ?? "");
+  return m ? Number(m[1]) : job?.step ?? 0;
+}
+
 async function resume(job, entry) {
   if (entry) {
     entry.panel.busy = true;
     entry.pending = true;
     entry.pendingFrom = entry.jobId ?? null;
     entry.panel.pending = "queued";
-    entry.panel.setNote(`Resuming ${job.name} from its last checkpoint…`);
+    entry.resumeStep = checkpointStep(job);
+    entry.panel.setNote(`Resuming ${job.name} from step ${entry.resumeStep}…`);
   }
   try {
     await store.resume(job.id, api.clientId ?? api.initialClientId ?? null);
@@ -320,7 +371,7 @@ function attachPanel(node) {
     train: () => train(entry),
     cancel: (job) => cancel(job, entry),
     resume: (job) => resume(job, entry),
-    useIt: (job) => useIt(job, entry),
+    useIt: (job, step) => useIt(job, entry, step),
     viewURL: (preview) => api.apiURL(viewQuery(preview)),
   });
   const widget = node.addDOMWidget("unziplora_panel", "unziplora-panel", entry.panel.element, {
@@ -358,10 +409,14 @@ function legibleSmallFloats(node) {
   }
 }
 
-async function useIt(job, entry) {
+async function useIt(job, entry, step = null) {
   try {
     await refreshModelLists(); // the loader's list must hold the new bundle
-    const nodes = addUseGraph(app, entry.node, job);
+    const nodes = addUseGraph(app, entry.node, job, step);
+    redraw();
+    // Nodes 2.0 draws the new nodes on the next frames: lay them out again with the sizes they got
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    nodes.layout();
     redraw();
     toast("success", "UnZipLoRA", `Added a graph that samples with ${job.name} (queue it with Run).`);
     return nodes;
@@ -409,7 +464,9 @@ api.addEventListener("executing", ({ detail }) => {
   const node = nodeForExecId(detail);
   const entry = node?.__unziplora;
   if (entry?.pending) {
-    entry.panel.note = { text: "Preparing: encoding the prompts and the image, copying the model…", kind: "info" };
+    const what = entry.resumeStep !== null && entry.resumeStep !== undefined
+      ? `Resuming from step ${entry.resumeStep}` : "Preparing";
+    entry.panel.note = { text: `${what}: encoding the prompts and the image, copying the model…`, kind: "info" };
     entry.panel.setPending("preparing");
   }
 });
@@ -456,11 +513,22 @@ app.registerExtension({
     if (nodeData?.name !== NODE_TYPE) return;
     chain(nodeType.prototype, "onNodeCreated", function () {
       attachPanel(this);
+      // a new node keeps its seed: with "randomize" every Run would be a changed input, i.e. a new training job
+      // (a loaded workflow sets its own value after this)
+      const control = this.widgets?.find((w) => w.name === "control_after_generate");
+      if (control) control.value = "fixed";
     });
     chain(nodeType.prototype, "onExecuted", function (output) {
       const entry = this.__unziplora;
       const jobId = output?.unziplora_job?.[0];
       if (!entry || !jobId) return;
+      if (entry.pending && jobId === entry.pendingFrom) {
+        // ComfyUI answered the node from its cache (or the node found its unchanged job): no new job
+        entry.pending = false;
+        entry.panel.pending = null;
+        entry.panel.note = { text: `Unchanged since job ${jobId}: Run used its LoRAs. Train trains again.`,
+          kind: "info" };
+      }
       entry.jobId = jobId;
       if (!store.get(jobId)) store.refresh();
       else bind(entry);

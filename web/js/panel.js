@@ -24,7 +24,7 @@ const PENDING_LABELS = { queued: "queued", preparing: "preparing…" };
 
 export class TrainPanel {
   /**
-   * @param {object} actions  {train(), cancel(job), resume(job), useIt(job), viewURL(preview) -> string}
+   * @param {object} actions  {train(), cancel(job), resume(job), useIt(job, step?), viewURL(preview) -> string}
    */
   constructor(actions) {
     this.actions = actions;
@@ -71,6 +71,21 @@ export class TrainPanel {
 
     this.plot = new LossPlot(104);
     this.previewRow = el("div", { class: "uzl-previews", "data-role": "previews" });
+    // over the strip (the panel never changes height): browse the preview steps, use one whose LoRAs were saved
+    this.previewStep = null; // the step shown; null: the latest
+    this.stepLabel = el("span", { class: "uzl-step-label", "data-role": "preview-step" });
+    const stepBtn = (dir, icon, title) => el("button", { class: "uzl-btn uzl-btn-small", type: "button", title,
+      "data-action": `preview-${dir}`, onclick: () => this._moveStep(dir === "next" ? 1 : -1) },
+    el("i", { class: `pi ${icon}` }));
+    this.prevBtn = stepBtn("prev", "pi-chevron-left", "Earlier previews");
+    this.nextBtn = stepBtn("next", "pi-chevron-right", "Later previews");
+    this.useStepBtn = el("button", {
+      class: "uzl-btn uzl-btn-primary uzl-btn-small", type: "button", "data-action": "use-step",
+      title: "Add a graph that samples with the LoRAs saved at this step (save_every)",
+      onclick: () => this.job && this._shownStep && this.actions.useIt?.(this.job, this._shownStep),
+    }, "use this step");
+    this.stepBar = el("div", { class: "uzl-stepbar", "data-role": "stepbar" }, this.prevBtn, this.stepLabel,
+      this.nextBtn, this.useStepBtn);
     this.filesList = el("div", { class: "uzl-files-list" });
     this.whereText = el("div", { class: "uzl-where", "data-role": "where" });
     this.useBtn = el("button", {
@@ -118,6 +133,7 @@ export class TrainPanel {
   }
 
   setJob(job) {
+    if ((job?.id ?? null) !== (this.job?.id ?? null)) this.previewStep = null;
     this.job = job || null;
     this.render();
   }
@@ -148,7 +164,10 @@ export class TrainPanel {
     this.resumeBtn.disabled = this.busy;
 
     // note: queueing messages, request errors; a hint when there is no job yet
-    const activity = job && isActive(job) ? job.info?.activity : null;
+    // a resumed job before its first new step: it loads the checkpoint (info.resumed_at_step, set when queued)
+    const resuming = job && isActive(job) && job.resumed_from && job.step === job.info?.resumed_at_step
+      ? `Resuming from step ${job.step}: loading the checkpoint…` : null;
+    const activity = job && isActive(job) ? job.info?.activity ?? resuming : null;
     const note = this.note ?? (activity ? { text: activity, kind: "info" } : null)
       ?? (job || this.pending ? null : { text: "Train (or Run) queues this node; the run continues in the background.", kind: "hint" });
     show(this.noteBox, !!note);
@@ -197,13 +216,35 @@ export class TrainPanel {
     this.errorBox.textContent = error || "";
   }
 
+  _previewSteps(job) {
+    return [...new Set((job?.previews ?? []).map((p) => p?.step).filter((s) => Number.isFinite(s)))].sort((a, b) => a - b);
+  }
+
+  _moveStep(delta) {
+    const steps = this._previewSteps(this.job);
+    if (!steps.length) return;
+    const at = steps.indexOf(this._shownStep ?? steps[steps.length - 1]);
+    const next = steps[Math.max(0, Math.min(steps.length - 1, at + delta))];
+    this.previewStep = next === steps[steps.length - 1] ? null : next;
+    this.render();
+  }
+
   _renderPreviews(job) {
-    const previews = latestPreviews(job?.previews);
+    const steps = this._previewSteps(job);
+    const shown = steps.includes(this.previewStep) ? this.previewStep : steps[steps.length - 1] ?? null;
+    this._shownStep = shown;
+    const previews = latestPreviews(shown === null ? job?.previews : job.previews.filter((p) => p?.step === shown));
+    const saved = shown !== null && !!job?.info?.step_files?.[String(shown)];
+    show(this.stepBar, steps.length > 1 || saved);
+    this.stepLabel.textContent = shown !== null ? `step ${shown}` : "";
+    this.prevBtn.disabled = !steps.length || shown === steps[0];
+    this.nextBtn.disabled = !steps.length || shown === steps[steps.length - 1];
+    show(this.useStepBtn, saved);
     const key = previews.map((p) => `${p.kind}/${p.subfolder}/${p.filename}`).join("|");
     show(this.previewRow, previews.length > 0);
     if (key === this._previewKey) return; // no reload flicker on every progress event
     this._previewKey = key;
-    this.previewRow.replaceChildren(
+    this.previewRow.replaceChildren(this.stepBar,
       ...previews.map((p) => {
         const url = this.actions.viewURL(p);
         const caption = p.step ? `${p.kind} · ${p.step}` : p.kind;

@@ -1,5 +1,6 @@
 // The loss plot on the train panel: raw and smoothed loss over the steps, the column-selection steps marked,
-// the value under the pointer, PNG / CSV export. A <canvas> (the PNG is the canvas itself); pure DOM.
+// the value under the pointer, PNG / CSV export. A <canvas>; the PNG is drawn larger, with a title, axis labels
+// and a legend. Pure DOM.
 
 import { el, formatLoss } from "./format.js";
 
@@ -97,7 +98,6 @@ export class LossPlot {
   }
 
   draw() {
-    const pts = lossPoints(this.job);
     const { width, height } = this._geometry();
     const dpr = window.devicePixelRatio || 1;
     if (this.canvas.width !== Math.round(width * dpr)) this.canvas.width = Math.round(width * dpr);
@@ -105,25 +105,37 @@ export class LossPlot {
     const ctx = this.canvas.getContext("2d");
     if (!ctx) return;
     ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+    const p = this._paint(ctx, width, height, PAD, 10);
+    this._enableExport(!!p);
+    if (!p) {
+      this.readout.textContent = "";
+      return;
+    }
+    const sel = selectionSteps(this.job).includes(p.step) ? " · columns selected" : "";
+    this.readout.textContent = `step ${p.step}: ${formatLoss(p.loss)} (smoothed ${formatLoss(p.smoothed)})${sel}`;
+    this.readout.title = this.readout.textContent; // the panel is narrow: the whole text on hover
+  }
+
+  /** The plot on any 2D context: the panel's canvas, or the larger one the PNG export draws with a title, axis
+   * labels and a legend. Returns the point shown in the readout (or null without a curve). */
+  _paint(ctx, width, height, pad, fontPx, labelled = false) {
+    const pts = lossPoints(this.job);
     const style = getComputedStyle(this.element);
     const fg = style.getPropertyValue("--uzl-fg").trim() || "#ddd";
     const muted = style.getPropertyValue("--uzl-muted").trim() || "#999";
     const accent = style.getPropertyValue("--uzl-accent").trim() || "#3b82f6";
     const warn = style.getPropertyValue("--uzl-warn").trim() || "#f59e0b";
-    ctx.fillStyle = style.getPropertyValue("--uzl-plot-bg").trim() || "rgba(0,0,0,0.25)";
+    ctx.fillStyle = labelled ? "#1e1e1e" : style.getPropertyValue("--uzl-plot-bg").trim() || "rgba(0,0,0,0.25)";
     ctx.fillRect(0, 0, width, height);
-    ctx.font = "10px sans-serif";
-    const pw = width - PAD.left - PAD.right;
-    const ph = height - PAD.top - PAD.bottom;
+    ctx.font = `${fontPx}px sans-serif`;
+    const pw = width - pad.left - pad.right;
+    const ph = height - pad.top - pad.bottom;
     if (pts.length < 2) {
       ctx.fillStyle = muted;
       ctx.textAlign = "center";
       ctx.fillText(this.job ? "the loss appears after the first steps" : "loss", width / 2, height / 2);
-      this.readout.textContent = "";
-      this._enableExport(false);
-      return;
+      return null;
     }
-    this._enableExport(true);
     const losses = pts.map((p) => p.loss);
     const sm = smooth(losses);
     let lo = Math.min(...losses);
@@ -133,26 +145,26 @@ export class LossPlot {
       hi += 0.5;
     }
     const { x0, x1 } = this._xRange(pts);
-    const X = (s) => PAD.left + ((s - x0) / (x1 - x0)) * pw;
-    const Y = (v) => PAD.top + (1 - (v - lo) / (hi - lo)) * ph;
+    const X = (s) => pad.left + ((s - x0) / (x1 - x0)) * pw;
+    const Y = (v) => pad.top + (1 - (v - lo) / (hi - lo)) * ph;
 
     // axes and ticks
     ctx.strokeStyle = muted;
     ctx.globalAlpha = 0.5;
     ctx.lineWidth = 1;
     ctx.beginPath();
-    ctx.moveTo(PAD.left, PAD.top);
-    ctx.lineTo(PAD.left, PAD.top + ph);
-    ctx.lineTo(PAD.left + pw, PAD.top + ph);
+    ctx.moveTo(pad.left, pad.top);
+    ctx.lineTo(pad.left, pad.top + ph);
+    ctx.lineTo(pad.left + pw, pad.top + ph);
     ctx.stroke();
     ctx.globalAlpha = 1;
     ctx.fillStyle = muted;
     ctx.textAlign = "right";
     ctx.textBaseline = "middle";
-    for (const v of [hi, (hi + lo) / 2, lo]) ctx.fillText(formatLoss(v), PAD.left - 4, Y(v));
+    for (const v of [hi, (hi + lo) / 2, lo]) ctx.fillText(formatLoss(v), pad.left - 4, Y(v));
     ctx.textAlign = "center";
     ctx.textBaseline = "top";
-    for (const s of [x0, Math.round((x0 + x1) / 2), x1]) ctx.fillText(String(s), X(s), PAD.top + ph + 4);
+    for (const s of [x0, Math.round((x0 + x1) / 2), x1]) ctx.fillText(String(s), X(s), pad.top + ph + 4);
 
     // column selections
     ctx.strokeStyle = warn;
@@ -160,8 +172,8 @@ export class LossPlot {
     for (const s of selectionSteps(this.job)) {
       if (s < x0 || s > x1) continue;
       ctx.beginPath();
-      ctx.moveTo(X(s), PAD.top);
-      ctx.lineTo(X(s), PAD.top + ph);
+      ctx.moveTo(X(s), pad.top);
+      ctx.lineTo(X(s), pad.top + ph);
       ctx.stroke();
     }
     ctx.setLineDash([]);
@@ -180,14 +192,14 @@ export class LossPlot {
     line(sm, accent, 1, 1.8);
 
     // hover: a marker and the values
-    const i = this.hover ?? pts.length - 1;
-    const p = pts[Math.min(i, pts.length - 1)];
-    if (this.hover !== null) {
+    const i = Math.min(this.hover ?? pts.length - 1, pts.length - 1);
+    const p = pts[i];
+    if (this.hover !== null && !labelled) {
       ctx.strokeStyle = fg;
       ctx.globalAlpha = 0.6;
       ctx.beginPath();
-      ctx.moveTo(X(p.step), PAD.top);
-      ctx.lineTo(X(p.step), PAD.top + ph);
+      ctx.moveTo(X(p.step), pad.top);
+      ctx.lineTo(X(p.step), pad.top + ph);
       ctx.stroke();
       ctx.globalAlpha = 1;
       ctx.fillStyle = fg;
@@ -195,8 +207,57 @@ export class LossPlot {
       ctx.arc(X(p.step), Y(p.loss), 2.5, 0, 2 * Math.PI);
       ctx.fill();
     }
-    const sel = selectionSteps(this.job).includes(p.step) ? " · columns selected" : "";
-    this.readout.textContent = `step ${p.step}: loss ${formatLoss(p.loss)}, smoothed ${formatLoss(sm[i])}${sel}`;
+    if (labelled) {
+      const job = this.job;
+      ctx.fillStyle = fg;
+      ctx.textAlign = "left";
+      ctx.textBaseline = "top";
+      ctx.font = `bold ${fontPx + 4}px sans-serif`;
+      ctx.fillText(`UnZipLoRA loss: ${job.name ?? ""}`, pad.left, 12);
+      ctx.font = `${fontPx}px sans-serif`;
+      ctx.fillStyle = muted;
+      const mode = job.info?.mode ? `mode ${job.info.mode} · ` : "";
+      ctx.fillText(`${mode}job ${job.id} · steps ${pts[0].step}–${pts[pts.length - 1].step} of ${job.total || "?"}`,
+        pad.left, 12 + fontPx + 8);
+      ctx.textAlign = "center";
+      ctx.fillText("step", pad.left + pw / 2, pad.top + ph + fontPx + 10);
+      ctx.save();
+      ctx.translate(16, pad.top + ph / 2);
+      ctx.rotate(-Math.PI / 2);
+      ctx.fillText("loss", 0, 0);
+      ctx.restore();
+      // legend, top right
+      const items = [["loss (each step)", accent, 0.35, []], ["smoothed", accent, 1, []],
+        ["column selection", warn, 1, [3, 3]]];
+      let y = 14;
+      ctx.textAlign = "left";
+      ctx.textBaseline = "middle";
+      for (const [label, color, alpha, dash] of items) {
+        const x = width - pad.right - 170;
+        ctx.strokeStyle = color;
+        ctx.globalAlpha = alpha;
+        ctx.lineWidth = 2;
+        ctx.setLineDash(dash);
+        ctx.beginPath();
+        ctx.moveTo(x, y);
+        ctx.lineTo(x + 26, y);
+        ctx.stroke();
+        ctx.setLineDash([]);
+        ctx.globalAlpha = 1;
+        ctx.fillStyle = fg;
+        ctx.fillText(label, x + 32, y);
+        y += fontPx + 6;
+      }
+    }
+    return { step: p.step, loss: p.loss, smoothed: sm[i] };
+  }
+
+  /** The PNG: the same plot at 900 x 420 with a title, axis labels and a legend (the panel's canvas is bare). */
+  exportCanvas() {
+    const c = el("canvas", { width: "900", height: "420" });
+    const ctx = c.getContext("2d");
+    this._paint(ctx, 900, 420, { left: 70, right: 20, top: 80, bottom: 44 }, 13, true);
+    return c;
   }
 
   _enableExport(on) {
@@ -208,7 +269,7 @@ export class LossPlot {
     if (!this.job) return;
     const name = `${this.job.name || "unziplora"}_loss.${kind}`;
     const href = kind === "png"
-      ? this.canvas.toDataURL("image/png")
+      ? this.exportCanvas().toDataURL("image/png")
       : URL.createObjectURL(new Blob([lossCSV(this.job)], { type: "text/csv" }));
     const a = el("a", { href, download: name });
     document.body.append(a);

@@ -32,15 +32,19 @@ function config(job) {
 }
 
 /** Builds the graph; returns {loader, apply, prompts, sampler, decode, save, latent, group}. */
-export function addUseGraph(app, trainNode, job) {
+export function addUseGraph(app, trainNode, job, step = null) {
   const LG = window.LiteGraph;
   const graph = trainNode.graph;
   const model = upstream(graph, trainNode, "model");
   const clip = upstream(graph, trainNode, "clip");
   const vae = upstream(graph, trainNode, "vae");
   if (!model || !clip || !vae) throw new Error("connect the train node's model, clip and vae first");
-  const bundle = basename(job.outputs?.bundle || job.info?.planned_outputs?.bundle || "");
+  // step: the LoRAs saved at that step (save_every) rather than the run's final ones
+  const saved = step !== null && step !== undefined ? job.info?.step_files?.[String(step)] : null;
+  if (step !== null && step !== undefined && !saved) throw new Error(`job ${job.id} saved no LoRAs at step ${step}`);
+  const bundle = saved ? saved.bundle : basename(job.outputs?.bundle || job.info?.planned_outputs?.bundle || "");
   if (!bundle) throw new Error(`job ${job.id} has no bundle file`);
+  const label = saved ? `${job.name} step ${step}` : job.name;
 
   const make = (type) => {
     const n = LG.createNode(type);
@@ -67,7 +71,7 @@ export function addUseGraph(app, trainNode, job) {
   setWidget(latent, "width", res);
   setWidget(latent, "height", res);
   setWidget(sampler, "control_after_generate", "fixed");
-  setWidget(save, "filename_prefix", `unziplora/${job.name}`);
+  setWidget(save, "filename_prefix", `unziplora/${job.name}${saved ? `_step${step}` : ""}`);
 
   model[0].connect(model[1], apply, "model");
   loader.connect(0, apply, "content_from");
@@ -81,28 +85,53 @@ export function addUseGraph(app, trainNode, job) {
   vae[0].connect(vae[1], decode, "vae");
   decode.connect(0, save, "images");
 
-  // two columns right of the train node: inputs, then sampling; Save Image sized for its result
-  const TITLE = LG.NODE_TITLE_HEIGHT ?? 30;
-  const x0 = trainNode.pos[0] + trainNode.size[0] + 80;
+  save.size = [Math.max(save.size[0], 360), Math.max(save.size[1], 400)]; // room for its result
+  const group = new LG.LGraphGroup(`Use ${label}`);
+  group.configure({ id: -1, title: `Use ${label}`, bounding: [0, 0, 10, 10], color: "#3f789e", font_size: 22 });
+  graph.add(group);
+  const nodes = { loader, apply, prompts, sampler, decode, save, latent, group };
+  // laid out now with the sizes the graph holds, and again once Nodes 2.0 has drawn the nodes (their size
+  // follows their content there, often taller than the classic one)
+  nodes.layout = () => layoutUseGraph(app, trainNode, nodes);
+  nodes.layout();
+  return nodes;
+}
+
+/** A node's size as drawn, in graph units (body, without the title): the larger of the graph's and, in Nodes
+ * 2.0, of its element on the page. */
+export function renderedSize(app, node) {
+  const TITLE = window.LiteGraph?.NODE_TITLE_HEIGHT ?? 30;
+  const size = [node.size[0], node.size[1]];
+  const el = document.querySelector(`.lg-node[data-node-id="${node.id}"]`);
+  const scale = app.canvas?.ds?.scale || 1;
+  if (!el || !el.offsetParent) return size;
+  const r = el.getBoundingClientRect();
+  return [Math.max(size[0], r.width / scale), Math.max(size[1], r.height / scale - TITLE)];
+}
+
+/** Two columns right of the train node (inputs, then sampling), and the group around them. */
+function layoutUseGraph(app, trainNode, { loader, apply, prompts, latent, sampler, decode, save, group }) {
+  const TITLE = window.LiteGraph?.NODE_TITLE_HEIGHT ?? 30;
+  const GAP = 24;
+  const trainSize = renderedSize(app, trainNode);
+  const x0 = trainNode.pos[0] + trainSize[0] + 80;
   const y0 = trainNode.pos[1];
   const column = (nodes, x) => {
     let y = y0 + 40;
     let w = 0;
     for (const n of nodes) {
+      const [nw, nh] = renderedSize(app, n);
       n.pos = [x, y];
-      y += n.size[1] + TITLE + 24;
-      w = Math.max(w, n.size[0]);
+      y += nh + TITLE + GAP;
+      w = Math.max(w, nw);
     }
-    return [x + w, y];
+    return [x + w, y - GAP];
   };
-  save.size = [Math.max(save.size[0], 360), Math.max(save.size[1], 400)];
   const [r1, b1] = column([loader, apply, prompts, latent], x0 + 20);
   const [r2, b2] = column([sampler, decode], r1 + 40);
   const [r3, b3] = column([save], r2 + 40);
-  const group = new LG.LGraphGroup(`Use ${job.name}`);
-  group.configure({ id: -1, title: `Use ${job.name}`, bounding: [x0, y0 - TITLE - 10, r3 + 20 - x0,
-    Math.max(b1, b2, b3) - y0 + TITLE + 10], color: "#3f789e", font_size: 22 });
-  graph.add(group);
-  graph.setDirtyCanvas(true, true);
-  return { loader, apply, prompts, sampler, decode, save, latent, group };
+  const bounding = [x0, y0 - TITLE - 10, r3 + 20 - x0, Math.max(b1, b2, b3) + 20 - (y0 - TITLE - 10)];
+  if (typeof group.configure === "function") group.configure({ ...group.serialize?.(), bounding });
+  else group._bounding?.set?.(bounding);
+  trainNode.graph?.setDirtyCanvas(true, true);
 }
