@@ -29,7 +29,7 @@ from .routes import BadRequest, _error, _job_or_404, _json_errors, _prompt_waiti
 from .runtime import service
 
 FILE_KINDS = ("content", "style", "bundle")
-PREVIEW_NAME = re.compile(r"^step_\d{1,9}_(content|style|combined)\.png$")
+PREVIEW_NAME = re.compile(r"\Astep_\d{1,9}_(content|style|combined)\.png\Z")  # \Z: "$" would accept a trailing newline
 _resume_lock: asyncio.Lock | None = None
 
 

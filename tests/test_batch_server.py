@@ -54,14 +54,17 @@ def batch_view(client, batch_id) -> dict:
     return next(b for b in get(client, "/unziplora/batches")["batches"] if b["id"] == batch_id)
 
 
-def wait_batch(client, batch_id, pred, timeout=240.0) -> dict:
+def wait_batch(client, batch_id, pred, timeout=900.0) -> dict:
     end = time.time() + timeout
     while time.time() < end:
         view = batch_view(client, batch_id)
         if pred(view):
             return view
         time.sleep(0.2)
-    raise AssertionError(f"batch {batch_id} did not get there in {timeout} s: {json.dumps(view)[:2000]}")
+    states = [(it["file"], it["job"]["id"], it["job"]["state"], it["job"]["step"], it["job"].get("error"))
+              for it in view["items"]]
+    raise AssertionError(f"batch {batch_id} did not get there in {timeout} s: {view['state']}, {states}, "
+                         f"unfinished {view['unfinished']}")
 
 
 def item(view, file) -> dict:
@@ -89,7 +92,7 @@ def live(tmp_path_factory, tiny_checkpoint):
 def test_folder_batch_cancel_one_restart_resume_all(live, tiny_checkpoint):
     server = live["server"]
     client = server.client()
-    pid, _events, hist = client.run(folder_graph(tiny_checkpoint.name), timeout=400)
+    pid, _events, hist = client.run(folder_graph(tiny_checkpoint.name), timeout=900)
     assert hist["status"]["status_str"] == "success", hist["status"]
     batch_id = hist["outputs"]["5"]["unziplora_batch"][0]
     view = batch_view(client, batch_id)
@@ -130,7 +133,7 @@ def test_folder_batch_cancel_one_restart_resume_all(live, tiny_checkpoint):
     status, body = status_of_post(client, f"/unziplora/batches/{batch_id}/resume")
     assert status == 409, body
     view = wait_batch(client, batch_id, lambda v: v["state"] != "active" and not v["unfinished"]
-                      and all(it["job"]["state"] == "done" for it in v["items"]), timeout=300)
+                      and all(it["job"]["state"] == "done" for it in v["items"]), timeout=900)
     new_c = item(view, "c.png")["job"]
     assert new_c["resumed_from"] == old_c["id"] and new_c["id"] != old_c["id"]
     assert [it["job"]["info"]["output_name"] for it in view["items"]] == ["cat_a_2", "cat_b", "cat_c", "cat_d"]
