@@ -108,3 +108,9 @@ def test_batch_view_groups_current_jobs_counts_and_eta(b):
     jobs[2].update(state="done")
     [view] = b.batch_views(jobs)
     assert view["state"] == "stopped" and view["unfinished"] == ["b2"] and view["eta_s"] is None
+
+
+def test_batch_id_is_twelve_hex_digits_and_nothing_after(b):
+    assert b.valid_batch_id("0123456789ab")
+    assert not b.valid_batch_id("0123456789ab\n") and not b.valid_batch_id("0123456789AB")
+    assert not b.valid_batch_id(None) and b.valid_batch_id(b.new_batch_id())

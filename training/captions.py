@@ -9,7 +9,7 @@ import uuid
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 CAPTION_KEYS = ("content", "style", "combined")
-BATCH_ID_RE = re.compile(r"^[0-9a-f]{12}$")
+BATCH_ID_RE = re.compile(r"\A[0-9a-f]{12}\Z")
 _STEM_SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
