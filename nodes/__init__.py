@@ -13,11 +13,12 @@ from .runtime import register_folders
 from .sample import install_sample_image
 from .score import UnZipLoRAScore
 from .train import UnZipLoRATrain
+from .train_folder import UnZipLoRATrainFolder
 
 
 class UnZipLoRAExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [UnZipLoRATrain, UnZipLoRALoader, UnZipLoRALoadFiles, UnZipLoRALoadBLoRA, UnZipLoRAApply,
+        return [UnZipLoRATrain, UnZipLoRATrainFolder, UnZipLoRALoader, UnZipLoRALoadFiles, UnZipLoRALoadBLoRA, UnZipLoRAApply,
                 UnZipLoRAPrompts, UnZipLoRAInspect, UnZipLoRAScore]
 
 

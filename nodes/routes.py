@@ -226,6 +226,9 @@ def register_routes() -> None:
     routes.post("/unziplora/jobs/{job_id}/cancel")(cancel_job)
     routes.post("/unziplora/jobs/{job_id}/resume")(_json_errors(resume_job))
     routes.delete("/unziplora/jobs/{job_id}/checkpoints")(delete_checkpoints)
+    from . import batch_routes  # batches (Train Folder) and a job's own files
+
+    batch_routes.register(routes)
     _registered = True
     from .shutdown import install_shutdown_handler
 

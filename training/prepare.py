@@ -83,8 +83,11 @@ def host_estimate(model_patcher, config: TrainConfig, copy_device: torch.device,
 
 
 def prepare_inputs(model_patcher, clip, vae, image: torch.Tensor, prompt: str, content_prompt: str,
-                   style_prompt: str, config: TrainConfig, device: torch.device | str | None = None) -> TrainInputs:
-    """device: where the job will train (default: ComfyUI's device)."""
+                   style_prompt: str, config: TrainConfig, device: torch.device | str | None = None,
+                   shared: dict | None = None) -> TrainInputs:
+    """device: where the job will train (default: ComfyUI's device). shared: a batch's dict; the first image fills
+    it with the private base copy and preview decoder, the others reuse them (training/batch.py copies the base per
+    job), so a batch holds one copy, not one per image."""
     config.validate()
     check_sdxl(model_patcher)
     # both fail here, on the node, rather than in the job: a sampling type the trainer has no target for, and a
@@ -103,25 +106,42 @@ def prepare_inputs(model_patcher, clip, vae, image: torch.Tensor, prompt: str, c
         raise ValueError("clip is missing: connect the checkpoint's CLIP so the three prompts can be encoded")
     if vae is None:
         raise ValueError("vae is missing: connect the checkpoint's VAE so the image can be encoded")
-    streams = encode_prompts(clip, prompt, content_prompt, style_prompt)
+    key = ("streams", prompt, content_prompt, style_prompt)  # a batch's images mostly share their prompts
+    streams = shared.get(key) if shared is not None else None
+    if streams is None:
+        streams = encode_prompts(clip, prompt, content_prompt, style_prompt)
+        if shared is not None:
+            shared[key] = streams
     posteriors = encode_posteriors(vae, image, config.resolution, model_patcher.model.latent_format)
     adm = _plain(time_ids_adm(model_patcher.model, streams.pooled, config.resolution))
     streams = PromptStreams(*(_plain(t) for t in (streams.x, streams.x_c, streams.x_s, streams.pooled)))
     posteriors = LatentPosteriors(_plain(posteriors.mean), _plain(posteriors.std))
-    make_room(model_patcher, copy_device, copy_dtype)
     t0 = time.monotonic()
-    unet, fp = private_unet_copy(model_patcher, dtype=copy_dtype, device=copy_device)
+    if shared is not None and "unet" in shared:
+        unet, fp = shared["unet"], shared["fingerprint"]
+    else:
+        make_room(model_patcher, copy_device, copy_dtype)
+        unet, fp = private_unet_copy(model_patcher, dtype=copy_dtype, device=copy_device)
+        if shared is not None:
+            shared.update(unet=unet, fingerprint=fp)
     copy_s = time.monotonic() - t0
     preview = None
     if config.preview_every:
-        neg, neg_pooled = clip.encode_from_tokens(clip.tokenize(""), return_pooled=True)
-        neg_adm = time_ids_adm(model_patcher.model, _plain(neg_pooled.float()), config.resolution)
-        own_adm = {}
-        for role, text in (("content", content_prompt), ("style", style_prompt)):
-            _, pooled = clip.encode_from_tokens(clip.tokenize(text), return_pooled=True)
-            own_adm[role] = _plain(time_ids_adm(model_patcher.model, _plain(pooled.float()), config.resolution))
+        key = ("preview", content_prompt, style_prompt)
+        cached = shared.get(key) if shared is not None else None
+        if cached is None:
+            neg, neg_pooled = clip.encode_from_tokens(clip.tokenize(""), return_pooled=True)
+            neg_adm = time_ids_adm(model_patcher.model, _plain(neg_pooled.float()), config.resolution)
+            own_adm = {}
+            for role, text in (("content", content_prompt), ("style", style_prompt)):
+                _, pooled = clip.encode_from_tokens(clip.tokenize(text), return_pooled=True)
+                own_adm[role] = _plain(time_ids_adm(model_patcher.model, _plain(pooled.float()), config.resolution))
+            cached = (neg, neg_adm, own_adm)
+            if shared is not None:
+                shared[key] = cached
+        neg, neg_adm, own_adm = cached
         preview = PreviewInputs(negative=_plain(neg.float()), negative_adm=_plain(neg_adm),
-                                decode=private_decoder(vae, model_patcher.model.latent_format),
+                                decode=_decoder(vae, model_patcher, shared),
                                 content_adm=own_adm["content"], style_adm=own_adm["style"])
     info = {"prompt": prompt, "content_prompt": content_prompt, "style_prompt": style_prompt,
             "images": int(posteriors.mean.shape[0]), "prediction": objective.describe(),
@@ -129,6 +149,14 @@ def prepare_inputs(model_patcher, clip, vae, image: torch.Tensor, prompt: str, c
             "copy_device": str(copy_device)}
     return TrainInputs(unet=unet, streams=streams, posteriors=posteriors, adm=adm, base_fingerprint=fp, info=info,
                        preview=preview, thumbnail=small_image(image), objective=objective)
+
+
+def _decoder(vae, model_patcher, shared: dict | None):
+    if shared is None:
+        return private_decoder(vae, model_patcher.model.latent_format)
+    if "decoder" not in shared:
+        shared["decoder"] = private_decoder(vae, model_patcher.model.latent_format)
+    return shared["decoder"]
 
 
 def small_image(image: torch.Tensor, side: int = 512):

@@ -1,0 +1,1 @@
+"""UnZipLoRA farm: train a catalogue across ComfyUI workers with Ray. Not imported by the pack."""
