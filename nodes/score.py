@@ -5,7 +5,7 @@ from __future__ import annotations
 from comfy_api.latest import io, ui
 
 from ..unziplora.render import render_table, to_image_tensor
-from ..unziplora.scoring import MAX_ROWS, NAN_CELL, WHAT, score
+from ..unziplora.scoring import NAN_CELL, WHAT, score
 from .validate import check_inputs, plain_errors, queue_check
 
 _BATCH = ("A batch: one image per run or seed, in the same order for every kind (index i of each batch is "

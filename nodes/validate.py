@@ -71,8 +71,8 @@ def _text_problem(inp, value) -> str | None:
         return f"{inp.id} = {shown(value)} is not allowed: text"
     limit = TEXT_LIMITS.get(inp.id)
     if limit is not None and len(value) > limit:
-        why = TEXT_WHY.get(inp.id, f"a prompt; CLIP reads it in 77-token chunks, and longer text stalls the "
-                                   f"queue while it is encoded")
+        why = TEXT_WHY.get(inp.id, "a prompt; CLIP reads it in 77-token chunks, and longer text stalls the "
+                                   "queue while it is encoded")
         return (f"{inp.id} is {len(value):,} characters long: at most {limit:,} are allowed ({why})")
     return None
 

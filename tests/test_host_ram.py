@@ -19,7 +19,6 @@ from unziplora_pack.training import host_ram, prepare
 from unziplora_pack.training.config import TrainConfig
 from unziplora_pack.training.loop import pick_precision
 from unziplora_pack.training.model_copy import private_unet_copy
-from unziplora_pack.unziplora.targets import find_targets
 
 REPO = Path(__file__).resolve().parents[1]
 GB = 1e9

@@ -293,7 +293,7 @@ class Trainer:
                 if on_preview:
                     on_preview(entries)
             if on_step is not None:
-                on_step(g, lora)
+                on_step(g, state.lora)
             if cfg.checkpoint_every and g % cfg.checkpoint_every == 0 and g < cfg.steps:
                 path = self.save_checkpoint(state)
                 if on_checkpoint:
