@@ -134,7 +134,6 @@ def test_the_check_can_be_turned_off(tiny_sdxl, monkeypatch):
 def test_full_size_estimates():
     """Full-size SDXL (2.57 B parameters, 560 linears), paper mode, rank 64, 256 px: on the CPU in bf16 the job
     needs the 5.1 GB copy plus its LoRA side and activations; on a CUDA card only one weight passes the host."""
-    from tiny_models import TINY_UNET_CONFIG  # noqa: F401 (conftest put tests/ on the path)
     from unziplora_pack.unziplora.roles import get_mode
     from unziplora_pack.unziplora.targets import AttnTarget
 
