@@ -188,3 +188,23 @@ def test_unnamed_toy_study_runs_the_whole_path_and_resumes(tmp_path):
     cli_unnamed.write_section(text, md)
     out = md.read_text()
     assert out.count(cli_unnamed.SECTION) == 1 and "keep me" in out and "| C12 |" in out
+
+
+def test_the_base_resumes_exactly_where_a_paused_chunk_stopped(tmp_path):
+    """Chunked base training (base_chunk, the shared machine's way) gives the same weights as one straight run."""
+    from bench.separation import base, unnamed
+
+    torch.set_num_threads(1)
+    cfg = base.BaseConfig(steps=3, batch=2, world="unnamed")
+    enc = unnamed.encoder(cfg.tokens)
+    straight, _ = base.load_or_train(cfg, enc, tmp_path / "a", log=lambda *a: None)
+    chunks = 0
+    while True:
+        patcher, info = base.load_or_train(cfg, enc, tmp_path / "b", log=lambda *a: None, budget_s=0)
+        chunks += 1
+        if patcher is not None:
+            break
+    assert chunks == 3 and info["steps"] == 3  # paused after steps 1 and 2, finished on the third call
+    a, b = straight.model.diffusion_model.state_dict(), patcher.model.diffusion_model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not list((tmp_path / "b").glob("*.resume.pt"))  # the resume state goes once the base is saved

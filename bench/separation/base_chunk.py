@@ -23,10 +23,13 @@ def main(argv=None) -> int:
     from .env import cache_dir, setup
     from .presets_unnamed import PRESETS
 
+    from .study import locked
+
     setup()
     cfg = PRESETS[args.preset]["base"]
-    patcher, info = base.load_or_train(cfg, unnamed.encoder(cfg.tokens), cache_dir(), log=lambda m: print(m, flush=True),
-                                       budget_s=args.budget_s)
+    with locked(cache_dir() / "stage.lock"):  # one trainer of the base at a time (the study takes the same lock)
+        patcher, info = base.load_or_train(cfg, unnamed.encoder(cfg.tokens), cache_dir(),
+                                           log=lambda m: print(m, flush=True), budget_s=args.budget_s)
     if patcher is None:
         return 3
     print(f"[base] done: {info}", flush=True)

@@ -232,8 +232,8 @@ class Study:
             return json.loads(path.read_text())
         from .classify import read
 
+        models = self.arm_models(arm, subject, seed)  # trains what is missing (timed in run.json)
         t0 = time.time()
-        models = self.arm_models(arm, subject, seed)
         i = W.SUBJECTS.index(tuple(subject))
         base_seed = seed * 100_000 + i * 1_000
         negative = plain_conditioning(self.clip, "")
