@@ -174,10 +174,17 @@ def train_graph(object_info: dict, ckpt: str, s: dict) -> dict:
     }
 
 
+POLL_ERRORS = (TimeoutError, ConnectionError, OSError)  # a server busy sampling may miss one poll's socket timeout
+
+
 def wait_prompt(client, prompt_id: str, timeout: float) -> dict:
     end = time.time() + timeout
     while time.time() < end:
-        h = client.history(prompt_id)
+        try:
+            h = client.history(prompt_id)
+        except POLL_ERRORS:
+            time.sleep(1.0)
+            continue
         if h.get("status", {}).get("completed") or h.get("status", {}).get("status_str") in ("success", "error"):
             return h
         time.sleep(0.5)
@@ -196,7 +203,11 @@ def wait_job(client, job_id: str, timeout: float, min_step: int | None = None) -
     end = time.time() + timeout
     job = {}
     while time.time() < end:
-        job = client.get_json(f"/unziplora/jobs/{job_id}")
+        try:
+            job = client.get_json(f"/unziplora/jobs/{job_id}")
+        except POLL_ERRORS:
+            time.sleep(1.0)
+            continue
         if job["state"] in ("done", "failed", "cancelled", "interrupted") or (
                 min_step is not None and job["step"] >= min_step):
             return job
