@@ -97,10 +97,17 @@ def dispatch(images_dir: str, graph: dict, workers: list[str], out_dir: str, *, 
             tried.append({"worker": url, "outcome": "worker lost"})
             todo.appendleft(item)
             continue
-        except ray.exceptions.RayError as e:  # the actor itself is gone after Ray's retries
-            log(f"{item['image']}: Ray lost the actor of {url} ({type(e).__name__}); retrying elsewhere")
+        except ray.exceptions.RayError as e:  # the actor process died (Ray restarts it: max_restarts)
             tried.append({"worker": url, "outcome": f"actor lost: {type(e).__name__}"})
-            todo.appendleft(item)
+            if sum(t["outcome"].startswith("actor lost") for t in tried) < 3:
+                log(f"{item['image']}: Ray lost the actor of {url} ({type(e).__name__}); trying again")
+                idle.append(url)
+                todo.appendleft(item)
+            else:
+                log(f"{item['image']}: Ray lost the actor 3 times; the image fails this run")
+                manifest.record({"image": item["image"], "status": "failed", "worker": url, "attempts": tried,
+                                 "error": f"Ray lost the actor 3 times ({type(e).__name__})"})
+                idle.append(url)
             continue
         idle.append(url)
         outcome = result["status"] + (f" (resumed {result['attempt']['resumed']}x)" if result["attempt"]["resumed"] else "")
@@ -137,6 +144,9 @@ def main(argv=None) -> int:
     if args.address:
         ray.init(address=args.address, runtime_env=runtime_env, log_to_driver=False)
     else:
+        # a local Ray kills workers when the machine's memory is over 95 % full, whoever uses it; the actors are
+        # small HTTP clients, so on a shared machine that only loses work (RAY_memory_monitor_refresh_ms=0)
+        os.environ.setdefault("RAY_memory_monitor_refresh_ms", "0")
         ray.init(num_cpus=args.num_cpus, object_store_memory=args.object_store_mb * 1024 * 1024,
                  include_dashboard=False, runtime_env=runtime_env, log_to_driver=False)
     t0 = time.time()

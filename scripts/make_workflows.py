@@ -5,12 +5,14 @@ graph is loaded into ComfyUI's page in headless Chromium (app.loadApiJson), laid
 serialised (app.graph.serialize()). Model and bundle names are then set to what a user will have.
 
     .venv/bin/python scripts/make_workflows.py
+    UNZIPLORA_ONLY_TEMPLATES="<title>|<title>" .venv/bin/python scripts/make_workflows.py   # only those, others kept
 """
 
 from __future__ import annotations
 
 import io
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -272,11 +274,67 @@ def seeds_score_workflow() -> dict:
     return {"graph": g, "sections": sections}
 
 
+CATALOGUE = "Train a pair for every image in a folder"
+CATALOGUE_FOLDER = "unziplora_catalogue"  # input/<this>: main() makes it so the folder list holds it
+CATALOGUE_ITEMS = ("catalogue_item1", "catalogue_item2")  # two of the batch's pairs, ranked side by side
+
+
+def catalogue_workflow() -> dict:
+    """Train Folder (one background job per image), then Score ranking the batch's pairs."""
+    train = _train(None, "catalogue")
+    train["class_type"] = "UnZipLoRATrainFolder"
+    inputs = train["inputs"]
+    for key in ("image", "run_mode"):
+        inputs.pop(key)
+    inputs["folder"] = CATALOGUE_FOLDER
+    g = _base({"3": train, "2": {"class_type": "LoadImage", "inputs": {"image": SAMPLE_IMAGE}},
+               "4": {"class_type": "CLIPVisionLoader",
+                     "inputs": {"clip_name": "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors"}},
+               "5": _text(["1", 1], NEG), "6": _text(["1", 1], "A dog in sketch style"),
+               "7": _text(["1", 1], "A sks cat on the beach"),
+               "8": {"class_type": "EmptyLatentImage", "inputs": {"width": 1024, "height": 1024, "batch_size": 1}}})
+    rows = []
+    for r, item in enumerate(CATALOGUE_ITEMS, start=1):
+        loader = f"{r}00"
+        g[loader] = {"class_type": "UnZipLoRALoader", "inputs": {"bundle": f"{item}.safetensors"}}
+        for side, off, pos in (("style", 10, "6"), ("content", 20, "7")):
+            g[f"{r}{off}"] = _apply(side, [loader, 0])
+            g[f"{r}{off + 1}"] = _ksampler([f"{r}{off}", 0], [pos, 0], ["5", 0], ["8", 0], seed=42)
+            g[f"{r}{off + 2}"] = {"class_type": "VAEDecode", "inputs": {"samples": [f"{r}{off + 1}", 0], "vae": ["1", 2]}}
+        rows.append([k for k in g if len(k) == 3 and k[0] == str(r)])
+    g["90"] = {"class_type": "ImageBatch", "inputs": {"image1": ["112", 0], "image2": ["212", 0]}}
+    g["91"] = {"class_type": "ImageBatch", "inputs": {"image1": ["122", 0], "image2": ["222", 0]}}
+    g["95"] = {"class_type": "UnZipLoRAScore", "inputs": {
+        "clip_vision": ["4", 0], "reference": ["2", 0], "style_images": ["90", 0], "content_images": ["91", 0],
+        "labels": ", ".join(CATALOGUE_ITEMS), "crop": "center"}}
+    sections = [
+        {"title": "Model", "nodes": ["1"], "note": "Pick your SDXL checkpoint."},
+        {"title": "Train every image of a folder (background, one job each)", "nodes": ["3"], "note":
+            f"1. Put the images in a folder inside ComfyUI's input directory ({CATALOGUE_FOLDER} here) and pick "
+            "it in folder (press R after adding a folder).\n2. Optional: a caption <stem>.txt beside an image "
+            "gives it its own subject ('a red sneaker'), or 'content: ...' / 'style: ...' lines.\n3. Run. Each "
+            "image becomes a job named <name>_<stem>; they train one after another. The panel and the "
+            "UnZipLoRA sidebar tab show the queue, ETAs, Cancel all and Resume all."},
+        {"title": "Reference and probes", "nodes": ["2", "4", "5", "6", "7", "8"], "note":
+            "After the batch: Load Image = the image whose look you want to rank against (for a portfolio, any "
+            "of its images). Score needs a CLIP Vision model in models/clip_vision."},
+    ]
+    for r, nodes in enumerate(rows, start=1):
+        sections.append({"title": f"pair {CATALOGUE_ITEMS[r - 1]}", "nodes": nodes, "note":
+                         "One pair of the batch: pick catalogue_<stem> in the loader. A style-only sample (a new "
+                         "subject) and a content-only sample."})
+    sections.append({"title": "Score: rank the pairs", "nodes": ["90", "91", "95"], "note":
+                     "Rows in pair order; best_index names the pair whose samples are closest to the reference. "
+                     "Copy a pair group and add it to both Image Batch chains to rank more."})
+    return {"graph": g, "sections": sections}
+
+
 WORKFLOWS = {TRAIN: train_workflow, CONTENT: content_workflow, STYLE: style_workflow, BOTH: both_workflow,
              CROSS: cross_workflow, COMPARE: compare_workflow}
 # rendered only where the nodes they use exist (UnZipLoRA Score / Inspect come with the "inspect" work)
 OPTIONAL_WORKFLOWS = {SEEDS_TRAIN: (seeds_train_workflow, ()),
-                      SEEDS_SCORE: (seeds_score_workflow, ("UnZipLoRAScore", "UnZipLoRAInspect"))}
+                      SEEDS_SCORE: (seeds_score_workflow, ("UnZipLoRAScore", "UnZipLoRAInspect")),
+                      CATALOGUE: (catalogue_workflow, ("UnZipLoRATrainFolder", "UnZipLoRAScore"))}
 
 
 def main() -> int:
@@ -290,12 +348,14 @@ def main() -> int:
     OUT.mkdir(exist_ok=True)
     write_sample_image(OUT / SAMPLE_IMAGE)
     (base / "input" / SAMPLE_IMAGE).write_bytes((OUT / SAMPLE_IMAGE).read_bytes())
-    bundles = ("unziplora", "watercolor", "cat_seed0", "cat_seed1", "cat_seed2")
+    bundles = ("unziplora", "watercolor", "cat_seed0", "cat_seed1", "cat_seed2", *CATALOGUE_ITEMS)
+    (base / "input" / CATALOGUE_FOLDER).mkdir(parents=True, exist_ok=True)
     for name in bundles:  # empty placeholders: the loader lists names, nothing is loaded
         (base / "models" / "unziplora").mkdir(parents=True, exist_ok=True)
         (base / "models" / "unziplora" / f"{name}.safetensors").write_bytes(b"")
     (base / "models" / "clip_vision").mkdir(parents=True, exist_ok=True)
     (base / "models" / "clip_vision" / "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors").write_bytes(b"")
+    only = [t for t in os.environ.get("UNZIPLORA_ONLY_TEMPLATES", "").split("|") if t]  # titles, '|'-separated
     server = start_server(base)
     try:
         with sync_playwright() as p:
@@ -325,14 +385,16 @@ def main() -> int:
                 else:
                     todo[name] = make
             for name, make in todo.items():
+                if only and name not in only:
+                    continue
                 # a page per workflow: Nodes 2.0 on large graphs has crashed the renderer (1.32.9)
                 page.close()
                 page = fresh_page(False)
                 rendered.append((name, *render(page, name, make())))
             browser.close()
         # replaced only once every one rendered (a failed run leaves the shipped ones as they were); names change
-        # with titles: no stale template stays listed
-        for old in list(OUT.glob("*.json")) + list(OUT.glob("*.jpg")):
+        # with titles: no stale template stays listed (UNZIPLORA_ONLY_TEMPLATES: only those are rewritten)
+        for old in (list(OUT.glob("*.json")) + list(OUT.glob("*.jpg"))) if not only else []:
             old.unlink()
         for name, ui, png in rendered:
             _write_outputs(name, ui, png)

@@ -13,6 +13,10 @@ import {
   percent,
 } from "./format.js";
 
+// Sections other modules draw above the job list ({render() -> Element|null, subscribe(fn) -> unsubscribe}):
+// the Train Folder batches (unziplora_batches.js) add theirs here.
+export const sidebarSections = [];
+
 /**
  * @param {import("./store.js").JobStore} store
  * @param {object} actions {cancel(job), resume(job), locate(job) -> boolean, canLocate(job) -> boolean,
@@ -32,6 +36,7 @@ export function jobsSidebarTab(store, actions) {
     }
     const resumed = new Set(jobs.map((j) => j.resumed_from).filter(Boolean));
     for (const job of jobs) list.append(jobCard(job, actions, resumed.has(job.id)));
+    const sections = sidebarSections.map((section) => section.render()).filter(Boolean);
     container.replaceChildren(
       el("div", { class: "uzl-side" },
         el("div", { class: "uzl-side-head" },
@@ -41,6 +46,7 @@ export function jobsSidebarTab(store, actions) {
             class: "uzl-btn uzl-btn-icon", type: "button", title: "Refresh from the server",
             onclick: () => store.refresh(),
           }, el("i", { class: "pi pi-refresh" }))),
+        ...sections,
         list),
     );
   };
@@ -57,7 +63,8 @@ export function jobsSidebarTab(store, actions) {
     render: (node) => {
       container = node;
       unsubscribe?.();
-      unsubscribe = store.subscribe(draw);
+      const offs = [store.subscribe(draw), ...sidebarSections.map((section) => section.subscribe(draw))];
+      unsubscribe = () => offs.forEach((off) => off());
       draw();
       store.refresh();
     },
