@@ -198,7 +198,9 @@ def shot_page(page, name: str) -> None:
 
 def focus_train_node(page) -> None:
     page.evaluate("""() => { const app = window.app; const n = app.graph.nodes.find((x) => x.type === 'UnZipLoRATrain');
-        app.canvas.ds.scale = 1; app.canvas.ds.offset = [420 - n.pos[0], 60 - n.pos[1]];
+        // the panel is at the node's bottom: keep that in view (the node is taller than the viewport)
+        const h = app.canvas.canvas.clientHeight;
+        app.canvas.ds.scale = 1; app.canvas.ds.offset = [420 - n.pos[0], Math.min(60 - n.pos[1], h - 30 - n.pos[1] - n.size[1])];
         app.graph.setDirtyCanvas(true, true); }""")
 
 
