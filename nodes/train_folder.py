@@ -12,7 +12,7 @@ from ..training.presets import apply_preset
 from ..unziplora.roles import MODES
 from .batch_run import plan_items, start_items
 from .train import UnZipLoRATrain, workflow_id_of
-from .validate import check_choices, check_name, check_prompts
+from .validate import check_inputs, check_name, check_prompts
 
 _SKIPPED = ("image", "run_mode")  # one image per job comes from the folder; a batch always runs in the background
 
@@ -83,7 +83,7 @@ class UnZipLoRATrainFolder(io.ComfyNode):
                 lr_content, lr_style, lr_merger, column_ratio, selections, orth_lambda, resolution, seed,
                 checkpoint_every, preview_every, preview_steps, gradient_checkpointing, precision,
                 preset="auto", **_ignored) -> io.NodeOutput:
-        check_choices(cls, locals())
+        check_inputs(cls, locals())
         config = TrainConfig(mode=mode, steps=steps, rank=rank, lr_content=lr_content, lr_style=lr_style,
                              lr_merger=lr_merger, column_ratio=column_ratio, sample_times=selections,
                              orth_lambda=orth_lambda, resolution=resolution, seed=seed,
