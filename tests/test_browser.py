@@ -89,6 +89,8 @@ class PageLog:
     STOCK = [
         re.compile(r"^Failed to load resource: "),  # user.css, favicon, templates, api.comfy.org (offline), ...
         re.compile(r"^Error loading core workflow templates"),
+        # Missing Models asks huggingface.co for a downloadable file's size; the tests run offline
+        re.compile(r"^Error fetching file size"),
         re.compile(r"^TypeError: Cannot read properties of undefined \(reading 'id'\)\s+at onChange"),
     ]
     # the help page is looked up as docs/<Node>/<locale>.md first, then docs/<Node>.md (nodeHelpService)

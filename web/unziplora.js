@@ -484,7 +484,8 @@ api.addEventListener("execution_cached", ({ detail }) => {
     const entry = nodeForExecId(id)?.__unziplora;
     if (entry?.pending) {
       stopPending(entry);
-      entry.panel.setNote("ComfyUI reused its cached result for this node: no new job was started.", "error");
+      // an unchanged Train node is answered from the cache on purpose (nodes/train_cache.py): no new job
+      entry.panel.setNote("Unchanged since the last run: ComfyUI reused its job. Train trains again.");
     }
   }
 });
