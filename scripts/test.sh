@@ -47,8 +47,8 @@ for h in $hosts; do
   # with arguments (a chosen file or -k) everything chosen runs on every host
   only=()
   if [ "$first" -eq 0 ] && [ "$#" -eq 0 ]; then
-    only=(-m "not host_independent")
-    say "host $h: host-independent tests ran on the first host; skipping them here"
+    only=(-m "not host_independent and not first_host_only")
+    say "host $h: host-independent and first-host-only tests ran on the first host; skipping them here"
   fi
   first=0
   set +e

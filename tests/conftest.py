@@ -93,7 +93,14 @@ HOST_INDEPENDENT = {
 }
 
 
+# Live tests whose subject is a client of ComfyUI's HTTP API, the same on both hosts, and whose cost is high (two
+# servers and a Ray instance): run on the first host only, to keep the two-host CI run within its time.
+FIRST_HOST_ONLY = {"test_farm.py"}
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.path.name in HOST_INDEPENDENT:
             item.add_marker(pytest.mark.host_independent)
+        if item.path.name in FIRST_HOST_ONLY:
+            item.add_marker(pytest.mark.first_host_only)
