@@ -128,19 +128,7 @@ class UnZipLoRATrain(io.ComfyNode):
                         steps=None, selections=None, resolution=None, gradient_checkpointing=None, precision=None,
                         run_mode=None, preset=None):
         """At queue time: what needs no model (combos, text, name, the settings that depend on each other)."""
-        found = queue_check(cls, locals())
-        if found is not True:
-            return found
-        try:
-            if name is not None:
-                check_name(name)
-            if None not in (mode, steps, selections, resolution):
-                TrainConfig(mode=mode, steps=steps, sample_times=selections, resolution=resolution).validate()
-            if None not in (content_prompt, style_prompt, mode):
-                check_prompts(content_prompt, style_prompt, MODES[mode].prompt_separation)
-        except ValueError as e:
-            return str(e)
-        return True
+        return train_queue_check(cls, locals())
 
     @classmethod
     @plain_errors
@@ -183,6 +171,25 @@ class UnZipLoRATrain(io.ComfyNode):
         if run_mode == "blocking":
             job = _wait_in_queue(svc, job)
         return _outputs(job)
+
+
+def train_queue_check(node_cls, values: dict):
+    """validate_inputs of Train and Train Folder: True, or the message naming the first bad input."""
+    found = queue_check(node_cls, values)
+    if found is not True:
+        return found
+    name, mode, steps, selections, resolution = (values.get(k) for k in ("name", "mode", "steps", "selections",
+                                                                          "resolution"))
+    try:
+        if name is not None:
+            check_name(name)
+        if None not in (mode, steps, selections, resolution):
+            TrainConfig(mode=mode, steps=steps, sample_times=selections, resolution=resolution).validate()
+        if None not in (values.get("content_prompt"), values.get("style_prompt"), mode):
+            check_prompts(values["content_prompt"], values["style_prompt"], MODES[mode].prompt_separation)
+    except ValueError as e:
+        return str(e)
+    return True
 
 
 def _outputs(job) -> io.NodeOutput:

@@ -11,8 +11,8 @@ from ..training.config import TrainConfig
 from ..training.presets import apply_preset
 from ..unziplora.roles import MODES
 from .batch_run import plan_items, start_items
-from .train import UnZipLoRATrain, workflow_id_of
-from .validate import check_inputs, check_name, check_prompts
+from .train import UnZipLoRATrain, train_queue_check, workflow_id_of
+from .validate import check_inputs, check_name, check_prompts, plain_errors
 
 _SKIPPED = ("image", "run_mode")  # one image per job comes from the folder; a batch always runs in the background
 
@@ -79,6 +79,14 @@ class UnZipLoRATrainFolder(io.ComfyNode):
         return uuid.uuid4().hex  # as Train: an unchanged graph queued again starts a new batch
 
     @classmethod
+    def validate_inputs(cls, content_prompt=None, style_prompt=None, combined_prompt=None, name=None, mode=None,
+                        steps=None, selections=None, resolution=None, gradient_checkpointing=None, precision=None,
+                        preset=None, folder=None):
+        """At queue time, as Train: combos (the folder too), text, name, the settings that depend on each other."""
+        return train_queue_check(cls, locals())
+
+    @classmethod
+    @plain_errors
     def execute(cls, model, clip, vae, folder, content_prompt, style_prompt, combined_prompt, name, mode, steps, rank,
                 lr_content, lr_style, lr_merger, column_ratio, selections, orth_lambda, resolution, seed,
                 checkpoint_every, preview_every, preview_steps, gradient_checkpointing, precision,

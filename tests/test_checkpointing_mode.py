@@ -38,7 +38,7 @@ def test_estimate_per_mode(tiny_sdxl):
 
 
 class _Reservation:
-    def __init__(self, device, budget, held):
+    def __init__(self, device, budget, held, **_):  # headroom / planned: dynamic VRAM (issue 23)
         self.added = budget
 
     def start(self):
