@@ -6,6 +6,8 @@ from __future__ import annotations
 import errno
 import os
 
+import types
+
 import pytest
 import torch
 
@@ -126,8 +128,10 @@ def test_a_failed_checkpoint_write_names_its_file(tmp_path, monkeypatch):
     lora = torch.nn.Linear(2, 2)
     opt = torch.optim.SGD(lora.parameters(), lr=0.1)
     sched = type("S", (), {"state_dict": lambda self: {}})()
+    state = types.SimpleNamespace(step=4, lora=lora, optimizer=opt, schedule=sched, scaler=None,
+                                  gen=torch.Generator())
     with pytest.raises(OSError) as e:
-        trainer.save_checkpoint(4, lora, opt, sched, None, torch.Generator())
+        trainer.save_checkpoint(state)
     assert e.value.filename == os.path.join(str(tmp_path), "step_000004.pt"), e.value
 
 
