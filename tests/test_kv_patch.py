@@ -276,7 +276,7 @@ def test_empty_negative_zeros_is_the_authors_all_zero_uncond():
     # a negative with text is encoded whatever the option says
     (x_text, _), = _prompts("blurry", "zeros")[1]
     assert torch.equal(x_text, _TextClip().encode_from_tokens_scheduled("blurry")[0][0])
-    with pytest.raises(ValueError, match="empty_negative must be one of encode, zeros; got 'none'"):
+    with pytest.raises(ValueError, match="empty_negative = 'none' is not allowed: one of encode, zeros"):
         _prompts("", "none")
 
 

@@ -56,7 +56,7 @@ def test_save_every_writes_named_step_files_counted_and_deleted_with_the_extras(
                                                                       "cat_content.safetensors"))
     assert early.keys() == final.keys()  # the same LoRA layout, an earlier state of it
     assert any(not torch.equal(early[k], final[k]) for k in final), "the step-2 LoRA is the final one"
-    paths = svc.manager.step_file_paths(job)
+    paths = svc.manager.retention.step_file_paths(job)
     step_bytes = sum(os.path.getsize(p) for p in paths)
     assert len(paths) == 6 and job.checkpoint_bytes >= step_bytes > 0
     freed = svc.manager.delete_checkpoints(job.id)

@@ -82,7 +82,7 @@ def test_the_chosen_device_reaches_the_room_making_and_the_job(monkeypatch, two_
     seen = {}
 
     class Service:
-        manager = None
+        manager = type("M", (), {"list": lambda self: []})()  # no earlier job to reuse (nodes/train_cache.py)
 
         def start(self, inputs, config, name, **kw):
             seen["start"] = kw["device"]
