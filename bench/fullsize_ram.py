@@ -136,11 +136,9 @@ def main(argv=None) -> int:
     inputs = TrainInputs(unet=unet, base_fingerprint=fp, **parts)
     trainer = Trainer(inputs, config, device="cpu")
     state = stage("trainer set-up", trainer._setup)
-    unet_t, lora, optimizer, schedule, scaler, gen, streams = state
-    params = [p for g in optimizer.param_groups for p in g["params"]]
+    unet_t, lora, optimizer = state.unet, state.lora, state.optimizer
     for i in range(args.steps):
-        stage(f"step {i + 1}", lambda: trainer.step(i, unet_t, lora, optimizer, schedule, scaler, gen, streams,
-                                                    params))
+        stage(f"step {i + 1}", lambda: trainer.step(state))
     sampler.stop = True
     base = rows[1]["rss"]
     lora_bytes = sum(p.numel() * p.element_size() for p in lora.parameters())
