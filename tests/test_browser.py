@@ -177,10 +177,11 @@ def close_templates_dialog(page, timeout: float = 60.0) -> None:
     page.wait_for_selector(DIALOG_OVERLAY, state="detached", timeout=10_000)
 
 
-def load_workflow(page, prompt: dict, name: str = "unziplora_browser_test", api_file: bool = False) -> None:
+def load_workflow(page, prompt: dict, name: str = "unziplora_browser_test", api_file: bool = False,
+                  panel: str = ".uzl-panel") -> None:
     """Build the UI graph from an API prompt, then open it the way a saved file or template without an id
     opens (loadGraphData), so the frontend gives it a fresh workflow id as it does for users. api_file: stop
-    after loadApiJson, as when a user drops an API-format file (the graph keeps litegraph's nil id)."""
+    after loadApiJson, as when a user drops an API-format file (the graph keeps litegraph's nil id). panel: the DOM panel the train node draws (Train: .uzl-panel; Train Folder: .uzl-batch-panel)."""
     page.evaluate("""async ([prompt, name, apiFile]) => {
         const app = window.app;
         await app.loadApiJson(prompt, name);  // async in 1.58 (a promise), sync in 1.32
@@ -201,7 +202,7 @@ def load_workflow(page, prompt: dict, name: str = "unziplora_browser_test", api_
         app.canvas.ds.offset = [0, 0];
         g.setDirtyCanvas(true, true);
     }""" % TRAIN_ID, [prompt, name, api_file])
-    page.wait_for_selector(".uzl-panel", state="visible", timeout=30_000)
+    page.wait_for_selector(panel, state="visible", timeout=30_000)
 
 
 def set_widget(page, name: str, value) -> None:

@@ -51,7 +51,8 @@ def test_folder_batch_in_sidebar_with_queue_eta_and_cancel_all(server, tiny_chec
         page = watched_page(context, log)
         open_app(page, server.url, first_visit=True)
         page.wait_for_function("() => !!window.LiteGraph?.registered_node_types?.UnZipLoRATrainFolder")
-        load_workflow(page, folder_prompt(tiny_checkpoint.name), name="unziplora_batch_test")
+        load_workflow(page, folder_prompt(tiny_checkpoint.name), name="unziplora_batch_test",
+                      panel=".uzl-batch-panel")
         page.evaluate("() => window.app.queuePrompt(0)")
         page.locator(SIDEBAR_TAB_BUTTON).first.click()
         card = page.locator(".uzl-batches .uzl-batch")
