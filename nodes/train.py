@@ -138,12 +138,7 @@ class UnZipLoRATrain(io.ComfyNode):
                 preset="auto", device=compat.DEFAULT_DEVICE, save_every=0, **_ignored) -> io.NodeOutput:
         check_inputs(cls, locals())
         train_device = compat.resolve_device(device)  # None: ComfyUI's own device
-        config = TrainConfig(mode=mode, steps=steps, rank=rank, lr_content=lr_content, lr_style=lr_style,
-                             lr_merger=lr_merger, column_ratio=column_ratio, sample_times=selections,
-                             orth_lambda=orth_lambda, resolution=resolution, seed=seed,
-                             checkpoint_every=checkpoint_every, preview_every=preview_every, preview_steps=preview_steps,
-                             gradient_checkpointing=gradient_checkpointing, precision=precision).validate()
-        config = apply_preset(preset, config)
+        config = train_config(locals())
         name = check_name(name)
         check_prompts(content_prompt, style_prompt, MODES[mode].prompt_separation)
         svc = service()
@@ -171,6 +166,18 @@ class UnZipLoRATrain(io.ComfyNode):
         if run_mode == "blocking":
             job = _wait_in_queue(svc, job)
         return _outputs(job)
+
+
+def train_config(values: dict) -> TrainConfig:
+    """The run's settings from Train's (or Train Folder's) input values, the preset applied last."""
+    v = values
+    config = TrainConfig(mode=v["mode"], steps=v["steps"], rank=v["rank"], lr_content=v["lr_content"],
+                         lr_style=v["lr_style"], lr_merger=v["lr_merger"], column_ratio=v["column_ratio"],
+                         sample_times=v["selections"], orth_lambda=v["orth_lambda"], resolution=v["resolution"],
+                         seed=v["seed"], checkpoint_every=v["checkpoint_every"], preview_every=v["preview_every"],
+                         preview_steps=v["preview_steps"], gradient_checkpointing=v["gradient_checkpointing"],
+                         precision=v["precision"]).validate()
+    return apply_preset(v.get("preset", "auto"), config)
 
 
 def train_queue_check(node_cls, values: dict):

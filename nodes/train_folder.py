@@ -7,11 +7,9 @@ import uuid
 
 from comfy_api.latest import io
 
-from ..training.config import TrainConfig
-from ..training.presets import apply_preset
 from ..unziplora.roles import MODES
 from .batch_run import plan_items, start_items
-from .train import UnZipLoRATrain, train_queue_check, workflow_id_of
+from .train import UnZipLoRATrain, train_config, train_queue_check, workflow_id_of
 from .validate import check_inputs, check_name, check_prompts, plain_errors
 
 _SKIPPED = ("image", "run_mode")  # one image per job comes from the folder; a batch always runs in the background
@@ -92,12 +90,7 @@ class UnZipLoRATrainFolder(io.ComfyNode):
                 checkpoint_every, preview_every, preview_steps, gradient_checkpointing, precision,
                 preset="auto", **_ignored) -> io.NodeOutput:
         check_inputs(cls, locals())
-        config = TrainConfig(mode=mode, steps=steps, rank=rank, lr_content=lr_content, lr_style=lr_style,
-                             lr_merger=lr_merger, column_ratio=column_ratio, sample_times=selections,
-                             orth_lambda=orth_lambda, resolution=resolution, seed=seed,
-                             checkpoint_every=checkpoint_every, preview_every=preview_every, preview_steps=preview_steps,
-                             gradient_checkpointing=gradient_checkpointing, precision=precision).validate()
-        config = apply_preset(preset, config)
+        config = train_config(locals())
         name = check_name(name)
         items, batch_id, resumes = plan_items(folder, name, content_prompt, style_prompt, combined_prompt,
                                               cls.hidden.extra_pnginfo, cls.hidden.unique_id)
