@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import threading
@@ -38,46 +37,25 @@ sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "scripts"))
 sys.path.insert(0, str(REPO / "bench"))
 
-from gpu_check import FULL_SDXL_UNET, prompt_ok, sample_graph, train_graph, wait_job, wait_prompt  # noqa: E402
+from gpu_check import prompt_ok, sample_graph, train_graph, wait_job, wait_prompt  # noqa: E402
 
 GB = 1e9
 CACHE = Path(os.environ.get("UNZIPLORA_CACHE") or Path.home() / ".cache" / "unziplora-dev") / "fullsize"
-CKPT = "sdxl_random_fullsize.safetensors"
 STAGES = ("checkpoint", "server", "stock", "train", "resume", "loras", "pair", "inspect")
-_GENERATE = f"""
-import sys; sys.path.insert(0, {str(REPO / 'scripts')!r})
-import tiny_sdxl
-tiny_sdxl._import_comfy()
-from safetensors.torch import save_file
-tiny_sdxl.UNET_CONFIG = dict(tiny_sdxl.UNET_CONFIG, **{FULL_SDXL_UNET!r})
-sd = tiny_sdxl.build_state_dict()
-print(len(sd), 'keys', sum(v.numel() for k, v in sd.items() if k.startswith('model.diffusion_model.')), 'unet params')
-save_file(sd, sys.argv[1], metadata={{'unziplora.note': 'random weights, full-size SDXL, bench/fullsize_cpu.py'}})
-"""
 
 
 def say(*a):
     print("[fullsize]", *a, flush=True)
 
 
-def host_a_dir() -> Path:
-    marker = REPO / ".comfyui-path"
-    return Path(marker.read_text().strip()) if marker.exists() else REPO / ".comfyui"
-
-
 def ensure_checkpoint() -> tuple[Path, str]:
-    """The cached full-size checkpoint, generated under host a (ComfyUI 0.3.75) when missing."""
-    path = CACHE / CKPT
-    if path.is_file():
-        return path, "cached"
-    CACHE.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".partial")
-    env = dict(os.environ, COMFYUI_DIR=str(host_a_dir()))
-    out = subprocess.run([sys.executable, "-c", _GENERATE, str(tmp)], env=env, capture_output=True, text=True)
-    if out.returncode != 0:
-        raise RuntimeError(f"generating under host a failed: {out.stderr[-2000:]}")
-    tmp.rename(path)
-    return path, out.stdout.strip().splitlines()[-1]
+    """The cached full-size checkpoint: scripts/tiny_sdxl.py's own `--size full` generator (the one gpu_check runs),
+    under whichever host $COMFYUI_DIR names; regenerated only when its configuration hash changed."""
+    import tiny_sdxl
+
+    path = CACHE / tiny_sdxl.FILENAMES["full"]
+    how = "cached" if tiny_sdxl.is_current(path, "full") else "generated"
+    return tiny_sdxl.ensure_checkpoint("full", CACHE), how
 
 
 class RssSampler(threading.Thread):

@@ -60,10 +60,11 @@ class BaseConfig:
     # none there; tried for the unnamed world and dropped: the pack's LoRA reader refuses files for such layers (it
     # maps SDXL's places only), so the benchmark keeps SDXL's layout (attention at 8x8 and 4x4 here)
     top_attention: bool = False
+    world_version: int = 1  # unnamed.VERSION of the renders it was trained on
 
     def key(self) -> str:
         # fields added later enter the key only when set, so older caches keep their names
-        late = {"world": "named", "top_attention": False}
+        late = {"world": "named", "top_attention": False, "world_version": 1}
         return "base_" + "_".join(f"{k}{v}" for k, v in asdict(self).items() if late.get(k, object()) != v)
 
 

@@ -86,7 +86,7 @@ def train(size: int, steps: int, seed: int = 0, log=print, w=world) -> tuple[dic
 
 
 def load_or_train(size: int, steps: int, cache, log=print, w=world) -> tuple[dict, dict]:
-    tag = "" if w is world else f"_{w.NAME}"
+    tag = "" if w is world else f"_{w.NAME}" + (f"v{w.VERSION}" if getattr(w, "VERSION", 1) != 1 else "")
     path = cache / f"classifiers{tag}_size{size}_steps{steps}_{AUGMENT}.pt"
     if path.exists():
         state = torch.load(path, weights_only=True)

@@ -4,6 +4,7 @@
 # tables. Everything is cached under ~/.cache/unziplora-dev/separation/: run it again after a cut.
 #   bash bench/separation/continue.sh                 # logs in ~/.cache/unziplora-dev/separation/logs/
 #   HEAVY=env bash bench/separation/continue.sh       # on a machine of your own (no lock wrapper)
+#   SERIAL=1 bash bench/separation/continue.sh        # seed 1 after seed 0 (leaves a core free for other work)
 set -u
 cd "$(dirname "$0")/../.."
 HEAVY="${HEAVY:-/work/bin/heavy}"
@@ -20,6 +21,6 @@ run_seed() {
     grep -v "^|" "$LOGS/seed$1.last.log" >> "$LOGS/seed$1.log"; sleep 5
   done
 }
-run_seed 0 & run_seed 1 & wait
+if [ -n "${SERIAL:-}" ]; then run_seed 0; run_seed 1; else run_seed 0 & run_seed 1 & wait; fi
 .venv/bin/python -m bench.separation --report > "$LOGS/report.txt" 2>&1
 echo "done: tables in $LOGS/report.txt; write them with: .venv/bin/python -m bench.separation --report --write-results"

@@ -66,8 +66,8 @@ def composition_gate(study, images: int) -> dict:
 def prior_gate(study, images: int) -> dict:
     """Distribution of the base's reading of the subjects' prompts, with and without the trigger."""
     out = {}
-    for name, text, seed in (("a shape in pattern style", W.caption("star", "noise"), 9),
-                             ("a sks shape in pattern style", W.caption("star", "noise", True), 10)):
+    for name, text, seed in (("a shape in pattern style", W.caption(W.UNNAMED_SHAPES[0], W.UNNAMED_STYLES[0]), 9),
+                             ("a sks shape in pattern style", W.caption(W.UNNAMED_SHAPES[0], W.UNNAMED_STYLES[0], True), 10)):
         imgs = sample_texts(study.base, study.clip, [text] * images, study.scfg, study.size, seed)
         (ps, cs), (py, cy) = read(study.models, imgs)
         readable = (cs >= REJECT_BELOW) & (cy >= REJECT_BELOW)

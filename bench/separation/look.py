@@ -81,7 +81,7 @@ def look_unnamed(args) -> int:
     models, _ = classify.load_or_train(cfg.size, p["classifier_steps"], cache_dir(), w=unnamed)
     enc = unnamed.encoder(cfg.tokens)
     clip = WorldClip(enc, cfg.size)
-    texts = [unnamed.caption("star", "noise")] * 2 + [unnamed.caption(s, y) for s, y in unnamed.HELD_OUT]
+    texts = [unnamed.caption(unnamed.UNNAMED_SHAPES[0], unnamed.UNNAMED_STYLES[0])] * 2 + [unnamed.caption(s, y) for s, y in unnamed.HELD_OUT]
     rows = []
     for k, text in enumerate(texts):
         imgs = gates.sample_texts(patcher, clip, [text] * args.images, SampleConfig(), cfg.size, 40 + k)

@@ -3,14 +3,15 @@ base model, so changing it means training a new base (~45 min on a quiet core, h
 
 from __future__ import annotations
 
+from . import unnamed
 from .base import BaseConfig
 from .experiment import LoraConfig, SampleConfig
 
-BASE = BaseConfig(steps=4000, world="unnamed")
+BASE = BaseConfig(steps=4000, world="unnamed", world_version=unnamed.VERSION)
 
 PRESETS = {
     # CI's smoke test: the whole path in seconds (numbers mean nothing)
-    "toy": dict(base=BaseConfig(steps=2, batch=2, world="unnamed"), classifier_steps=2,
+    "toy": dict(base=BaseConfig(steps=2, batch=2, world="unnamed", world_version=unnamed.VERSION), classifier_steps=2,
                 subjects=2, seeds=(0,), lora=LoraConfig(steps=2, rank=4),
                 sample=SampleConfig(steps=1, per_prompt=1, others=1), gate_images=2, diag_images=1),
     # the benchmark: 16 subjects x 2 seeds, one process per seed (--seeds 0 / --seeds 1)

@@ -1,6 +1,6 @@
 """The second world (`--world unnamed`, the default): subjects made of factors the captions never name.
 
-Eight shapes and eight textures, rendered by world.render. Four of each have words ("circle", "stripes"); the other
+Eight shapes and eight textures, rendered by world.render (tight poses). Four of each have words ("circle", "stripes"); the other
 four are seen by the base model only as "a shape" and "in pattern style". A subject of the decomposition is one
 unnamed shape in one unnamed texture (4 x 4 = 16 subjects), so the prompts are the paper's:
 
@@ -20,10 +20,18 @@ import torch
 from . import world
 
 NAME = "unnamed"
+# Version 2 (session 6): the first version's base (4000 steps) drew textures right and shapes as blobs: star and
+# heart differ from circle and square only at their edges, which 16 pixels and a small base blur away, and the
+# "noise" texture is indistinguishable from a sampler's leftover noise. Its gates failed (composition 0.00, the
+# unnamed prior collapsed on "heart"), so no claim was testable. Version 2 keeps the design and changes what the
+# base must draw: unnamed shapes that differ in coarse layout (a ring's hole, two bars, a tee, a crescent), a
+# structured texture for "noise", and tighter poses.
+VERSION = 2
+POSE = "tight"
 NAMED_SHAPES = ("circle", "square", "triangle", "cross")
-UNNAMED_SHAPES = ("star", "heart", "crescent", "tee")
+UNNAMED_SHAPES = ("ring", "bars", "crescent", "tee")
 NAMED_STYLES = ("stripes", "dots", "checker", "flat")
-UNNAMED_STYLES = ("noise", "gradient", "waves", "grid")
+UNNAMED_STYLES = ("rings", "gradient", "waves", "grid")
 SHAPES = NAMED_SHAPES + UNNAMED_SHAPES  # the classifiers' classes
 STYLES = NAMED_STYLES + UNNAMED_STYLES
 SHAPE_WORD, STYLE_WORD = "shape", "pattern"  # what the base is told about an unnamed factor
@@ -50,7 +58,7 @@ def caption(shape: str | None, style: str | None, trigger: bool = False) -> str:
 
 def batch(pairs, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     rng = np.random.default_rng(seed)
-    images = np.stack([world.render(s, y, size, rng) for s, y in pairs])
+    images = np.stack([world.render(s, y, size, rng, pose=POSE) for s, y in pairs])
     return (torch.from_numpy(images), torch.tensor([SHAPES.index(s) for s, _ in pairs]),
             torch.tensor([STYLES.index(y) for _, y in pairs]))
 

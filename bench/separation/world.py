@@ -32,7 +32,11 @@ PALETTES = {
     "gradient": ((0.50, 0.20, 0.90), (0.80, 1.00, 0.50)),
     "waves": ((0.95, 0.40, 0.60), (0.20, 0.55, 0.25)),
     "grid": ((0.85, 0.85, 0.80), (0.45, 0.10, 0.10)),
+    "rings": ((0.20, 0.85, 0.95), (0.10, 0.15, 0.45)),
 }
+# How far a shape moves, grows and turns between renders: "wide" for the named world (its cached runs), "tight" for
+# the unnamed world, whose 16-pixel silhouettes must stay readable to a 5.7 M-parameter base (see unnamed.py)
+POSES = {"wide": (0.12, 0.75, 0.95, 0.3), "tight": (0.05, 0.85, 0.95, 0.08)}
 
 
 # ------------------------------------------------------------------------------------------------- rendering
@@ -56,6 +60,10 @@ def _inside(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
         return (x * x + y * y - 0.6) ** 3 - x * x * y**3 * 0.9 < 0
     if shape == "crescent":
         return (u * u + v * v < 0.8**2) & ((u - 0.38) ** 2 + (v + 0.12) ** 2 > 0.62**2)
+    if shape == "ring":
+        return (u * u + v * v < 0.85**2) & (u * u + v * v > 0.42**2)
+    if shape == "bars":  # two upright bars
+        return (abs(abs(u) - 0.5) < 0.22) & (abs(v) < 0.85)
     if shape == "tee":
         return ((abs(u) < 0.8) & (v > -0.8) & (v < -0.38)) | ((abs(u) < 0.22) & (v > -0.8) & (v < 0.8))
     raise ValueError(f"unknown shape {shape!r}")
@@ -79,17 +87,21 @@ def _texture(style: str, size: int, rng: np.random.Generator) -> np.ndarray:
         return (y / (size - 1)).astype(np.float32)
     if style == "waves":  # wavy horizontal bands, period 6
         return (0.5 + 0.5 * np.sin(2 * np.pi * (y + oy + 1.5 * np.sin(2 * np.pi * (x + ox) / 8)) / 6)).astype(np.float32)
+    if style == "rings":  # concentric rings around the image centre, period 4
+        r = np.hypot(x - (size - 1) / 2 + (ox - 1.5) / 3, y - (size - 1) / 2 + (oy - 1.5) / 3)
+        return ((r // 2) % 2).astype(np.float32)
     if style == "grid":  # one-pixel lines every 4 pixels
         return ((((x + ox) % 4) == 0) | (((y + oy) % 4) == 0)).astype(np.float32)
     raise ValueError(f"unknown style {style!r}")
 
 
-def render(shape: str, style: str, size: int, rng: np.random.Generator) -> np.ndarray:
+def render(shape: str, style: str, size: int, rng: np.random.Generator, pose: str = "wide") -> np.ndarray:
     """One RGB image [size, size, 3] in 0..1: a shape in a random pose, filled with the style, on a dark ground."""
     ss = 4  # supersampling for anti-aliased edges
-    cx, cy = rng.uniform(-0.12, 0.12, 2)
-    scale = rng.uniform(0.75, 0.95)
-    angle = rng.uniform(-0.3, 0.3)
+    shift, small, large, turn = POSES[pose]
+    cx, cy = rng.uniform(-shift, shift, 2)
+    scale = rng.uniform(small, large)
+    angle = rng.uniform(-turn, turn)
     g = (np.arange(size * ss) + 0.5) / (size * ss) * 2 - 1
     yy, xx = np.meshgrid(g, g, indexing="ij")
     xx, yy = (xx - cx) / scale, (yy - cy) / scale
