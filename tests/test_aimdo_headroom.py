@@ -174,8 +174,9 @@ def test_two_jobs_in_a_row_do_not_accumulate(tiny_sdxl, tmp_path, mm, dynamic, a
     svc = _service(tmp_path)
     inputs = _inputs(tiny_sdxl)
     want = 4 * GiB - vram.tensor_bytes_on(inputs.unet, torch.device("cpu"))
-    for name in ("first", "second"):
-        job = svc.manager.wait(svc.start(inputs, CFG, name).id, timeout=240)
+    for name in ("first", "second"):  # each job its own copy, as Train gives it (a job frees its copy at its end)
+        job = svc.manager.wait(svc.start(inputs if name == "first" else _inputs(tiny_sdxl), CFG, name).id,
+                               timeout=240)
         assert job.state == "done", job.error
         assert aimdo.value == 1536 * 1024**2
     assert aimdo.history == [1536 * 1024**2 + want, 1536 * 1024**2] * 2

@@ -257,13 +257,23 @@ def test_out_of_memory_fails_clearly_releases_memory_and_the_next_job_runs(svc, 
     assert svc.manager.wait(start(svc, base_inputs, NEXT, name="next").id, 240).state == "done"
 
 
-def test_base_model_changed_or_unloaded_by_the_queue_meanwhile(svc, base_inputs):
+def test_base_model_changed_or_unloaded_by_the_queue_meanwhile(svc, base_inputs, monkeypatch):
     import comfy.model_management as mm
+
+    from unziplora_pack.training import service as service_mod
 
     patcher = base_inputs["patcher"]  # what the job's copy (base_inputs["unet"]) was made from
     inputs = make_inputs(base_inputs)
     unet = inputs.unet
     snapshot = {k: v.clone() for k, v in unet.state_dict().items()}
+    at_release = {}
+    real_release = service_mod.release_copy
+
+    def release(copy_):  # the job frees its copy when training ends: look at it just before
+        at_release.update({k: v.clone() for k, v in copy_.state_dict().items()})
+        real_release(copy_)
+
+    monkeypatch.setattr(service_mod, "release_copy", release)
     job = svc.start(inputs, NEXT, "cat", resume_prompt=PROMPT, node_id="3")
     with torch.no_grad():  # another graph patches or frees the model the job was made from
         for p in patcher.model.parameters():
@@ -272,7 +282,8 @@ def test_base_model_changed_or_unloaded_by_the_queue_meanwhile(svc, base_inputs)
     mm.soft_empty_cache()
     done = svc.manager.wait(job.id, 240)
     assert done.state == "done", done.error
-    assert all(torch.equal(snapshot[k], v) for k, v in unet.state_dict().items()), "the job's copy changed"
+    assert at_release.keys() == snapshot.keys()
+    assert all(torch.equal(snapshot[k], v) for k, v in at_release.items()), "the job's copy changed"
 
 
 def test_shutdown_mid_job_saves_a_checkpoint_and_marks_it_interrupted(svc, base_inputs, tmp_path):
@@ -360,3 +371,55 @@ def test_unwritable_jobs_json_does_not_stop_a_job(tmp_path, monkeypatch):
 
     assert m.wait(m.submit("j", work).id, 10).state == "done"
     assert [p.name for p in tmp_path.iterdir()] == [], "no temp file left behind"
+
+
+@pytest.mark.parametrize("how", ["cancelled", "failed"])
+def test_a_job_has_freed_its_copy_and_lora_when_its_end_is_announced(tmp_path, base_inputs, monkeypatch, how):
+    """A client that resumes (or starts the next job) as soon as it hears a job ended must find its memory free:
+    the full-size CPU run (bench/fullsize_cpu.py) had its resume refused by the host-RAM check because the cancelled
+    job still held its private UNet copy (5 GB) and LoRA + optimiser (3.7 GB) when "cancelled" was announced."""
+    monkeypatch.setattr(logging.getLogger("unziplora"), "propagate", False)  # pytest's handler keeps tracebacks
+    refs, seen = {}, {}
+    real_setup = Trainer._setup
+
+    def setup(self):
+        state = real_setup(self)
+        refs["lora"] = weakref.ref(state.lora)
+        return state
+
+    monkeypatch.setattr(Trainer, "_setup", setup)
+    if how == "failed":
+        real_loss = Trainer._loss
+
+        def loss(self, *a, **k):
+            if self.__dict__.setdefault("_calls", 0) >= 2:
+                raise RuntimeError("a bug in step 3")
+            self._calls += 1
+            return real_loss(self, *a, **k)
+
+        monkeypatch.setattr(Trainer, "_loss", loss)
+
+    def emit(_event, data):
+        job = data["job"]
+        if data["kind"] == "state" and job["state"] in ("cancelled", "failed", "done") and "at_end" not in seen:
+            unet = refs["unet"]()
+            seen["at_end"] = (job["state"], unet is None or all(p.is_meta for p in unet.parameters()),
+                              refs["lora"]() is None)
+
+    dirs = OutputDirs(loras=str(tmp_path / "loras"), bundles=str(tmp_path / "bundles"),
+                      checkpoints=str(tmp_path / "checkpoints"))
+    svc = TrainingService(JobManager(str(tmp_path / "jobs.json"), emit=emit), dirs, device=torch.device("cpu"))
+    inputs = make_inputs(base_inputs)
+    refs["unet"] = weakref.ref(inputs.unet)
+    cfg = TrainConfig(**{**CFG.__dict__, "steps": 40, "checkpoint_every": 0})
+    job = svc.start(inputs, cfg, "cat", resume_prompt=PROMPT, node_id="3")
+    del inputs
+    if how == "cancelled":
+        while svc.manager.get(job.id).step < 2:
+            threading.Event().wait(0.02)
+        svc.manager.cancel(job.id)
+    svc.manager.wait(job.id, 240)
+    state, copy_freed, lora_freed = seen["at_end"]
+    assert state == how
+    assert copy_freed, f"the {how} job's UNet copy still held its weights when its end was announced"
+    assert lora_freed, f"the {how} job's LoRA pair (and optimiser) was still alive when its end was announced"

@@ -9,12 +9,14 @@ when, is retention.py's rule (CheckpointRetention), asked through this manager u
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
 import queue
 import threading
 import time
+import traceback
 import uuid
 from dataclasses import asdict
 from typing import Callable
@@ -416,7 +418,8 @@ class JobManager:
             outputs = work(ctx)
             job.outputs = dict(outputs or {})
             job.state = "done"
-        except JobCancelled:
+        except JobCancelled as e:
+            traceback.clear_frames(e.__traceback__)  # the frames hold the trainer: its LoRA pair and optimiser
             if ctx.interrupting:
                 job.state = "interrupted"
                 job.error = "ComfyUI shut down during the job; it saved a checkpoint and can be resumed"
@@ -424,9 +427,13 @@ class JobManager:
                 job.state = "cancelled"
         except Exception as e:  # the reason goes to the UI; the traceback to the log
             log.exception("unziplora: job %s failed", job_id)
+            traceback.clear_frames(e.__traceback__)
             job.state = "failed"
             job.error = f"{type(e).__name__}: {e}"
         finally:
+            # what the job held is free before anyone hears it ended (a client may queue a resume at once);
+            # cycles among the trainer's closures would otherwise wait for the collector's next pass
+            gc.collect()
             job.finished = time.time()
             self._contexts.pop(job_id, None)
             try:

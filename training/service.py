@@ -193,9 +193,10 @@ class TrainingJob:
                 ctx.job.info.update(gpu_headroom_base=reservation.headroom_base,
                                     gpu_headroom_peak=reservation.headroom_peak,
                                     gpu_headroom_after=reservation.headroom.get())
-        if device.type != "cpu":
-            # frees the card; a move back to the CPU would be a full host copy of the UNet at the end
-            release_copy(self.inputs.unet)
+        # the copy is not needed past training (export reads the LoRA pair only): free it now, wherever it is.
+        # On a card a move back to the CPU would be a full host copy; on the CPU it is 5 GB at full size that a
+        # resume queued the moment this job ends would otherwise find still taken (and be refused)
+        release_copy(self.inputs.unet)
         if device.type == "cuda":
             torch.cuda.empty_cache()  # the job thread's current device is the job's (device_context)
 
