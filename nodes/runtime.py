@@ -6,6 +6,7 @@ import logging
 import os
 import threading
 
+from ..training import host_ram
 from ..training.jobs import JobManager
 from ..training.paths import PathDisplay
 from ..training.service import OutputDirs, TrainingService
@@ -67,7 +68,8 @@ def service() -> TrainingService:
 
             dirs = register_folders()
             state = os.path.join(folder_paths.get_user_directory(), "unziplora", "jobs.json")
-            manager = JobManager(state, emit=_emit, checkpoint_root=dirs.checkpoints, display=path_display())
+            manager = JobManager(state, emit=_emit, checkpoint_root=dirs.checkpoints, display=path_display(),
+                                 after_job=host_ram.return_freed_memory)
             manager.prompt_waiting = _resume_prompt_waiting
             _service = TrainingService(manager, dirs)
         return _service

@@ -8,6 +8,7 @@ weight by weight, in the dtype and on the device the job trains in.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -155,3 +156,50 @@ def test_full_size_estimates():
     gpu = host_ram.estimate(2_567_463_684, 26_214_400, torch.bfloat16, lora, "adamw", 1024, on_host=False)
     assert gpu.total < 1 * GB and gpu.lora == 0 and gpu.activations == 0
     assert host_ram.refusal(gpu, int(2 * GB), torch.device("cuda")) is None
+
+
+def test_freed_arena_memory_goes_back_to_the_system():
+    """Tensors under glibc's mmap threshold come from the thread's malloc arena; freed, they stay with the process
+    (MemAvailable does not see them) until return_freed_memory() trims the arenas."""
+    import gc
+    import threading
+
+    if not host_ram.return_freed_memory():
+        pytest.skip("no glibc malloc_trim here")
+
+    def rss():
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def work():  # as the trainer thread does: large blocks freed, then many SDXL-sized weights
+        big = torch.empty(32_000_000 // 4)
+        del big
+        held = [torch.ones(500_000) for _ in range(1000)]  # 2 MB each, 2 GB
+        del held
+
+    t = threading.Thread(target=work)
+    t.start()
+    t.join()
+    gc.collect()
+    before = rss()
+    assert host_ram.return_freed_memory()
+    assert before - rss() > 0.5e9, f"RSS {before / 1e9:.2f} -> {rss() / 1e9:.2f} GB: the freed weights stayed"
+
+
+def test_the_check_returns_freed_memory_before_reading_what_is_available(monkeypatch):
+    calls = []
+    monkeypatch.setattr(host_ram, "return_freed_memory", lambda: calls.append("trim") or True)
+    monkeypatch.setattr(host_ram, "available_bytes", lambda: calls.append("read") or 100 * host_ram.GB)
+    host_ram.check(host_ram.HostEstimate(copy=1, lora=1, activations=1), torch.device("cpu"), environ={})
+    assert calls == ["trim", "read"]
+
+
+def test_the_job_manager_tidies_memory_before_it_announces_a_job_end(tmp_path):
+    from unziplora_pack.training.jobs import JobManager
+
+    order = []
+    manager = JobManager(str(tmp_path / "jobs.json"), after_job=lambda: order.append("tidy"),
+                         emit=lambda _e, d: order.append(d["job"]["state"]) if d["kind"] == "state" else None)
+    job = manager.submit("x", lambda ctx: {})
+    manager.wait(job.id, 30)
+    assert order[-2:] == ["tidy", "done"], order

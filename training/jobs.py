@@ -140,9 +140,13 @@ def losses_up_to(job: JobRecord, step: int) -> list[float]:
 
 class JobManager:
     def __init__(self, state_path: str | None, emit: Callable[[str, dict], None] | None = None,
-                 checkpoint_root: str | None = None, display: PathDisplay | None = None):
+                 checkpoint_root: str | None = None, display: PathDisplay | None = None,
+                 after_job: Callable[[], object] | None = None):
+        """after_job: called once a job's work has ended and its memory is dropped, before the end is announced
+        (the service passes host_ram.return_freed_memory)."""
         self.state_path = state_path
         self.emit = emit
+        self.after_job = after_job
         self.display = display
         self.load_warnings: list[str] = []  # what start-up skipped in jobs.json, shown by GET /unziplora/jobs
         self._lock = threading.RLock()
@@ -434,6 +438,11 @@ class JobManager:
             # what the job held is free before anyone hears it ended (a client may queue a resume at once);
             # cycles among the trainer's closures would otherwise wait for the collector's next pass
             gc.collect()
+            if self.after_job is not None:
+                try:
+                    self.after_job()
+                except Exception:  # tidying memory must never lose the job's end
+                    log.exception("unziplora: after-job hook failed")
             job.finished = time.time()
             self._contexts.pop(job_id, None)
             try:
