@@ -13,13 +13,14 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from pair_helpers import attention_shapes
 from tiny_models import TINY_UNET_CONFIG
 from unziplora_pack.unziplora import lora_files as LF
 from unziplora_pack.unziplora import lora_formats as LR
 
 RANK = 4
 # the tiny SDXL's attention linears computed from its config; the stock-loader test checks them on the live model
-TINY_SHAPES = LR.attention_shapes(TINY_UNET_CONFIG)
+TINY_SHAPES = attention_shapes(TINY_UNET_CONFIG)
 
 
 def _ldm_to_diffusers(path: str) -> str:
@@ -109,7 +110,7 @@ def test_written_pair_loads_in_comfyui_stock_loader_at_scale_one(tiny_sdxl, tmp_
 
 
 def test_kohya_writer_round_trips_through_reader(tmp_path):
-    shapes = dict(list(LR.attention_shapes().items())[:12])
+    shapes = dict(list(attention_shapes().items())[:12])
     factors = _factors(shapes, 5, torch.float16)
     sd = LF.lora_to_kohya(factors)
     assert sd[LF.kohya_name(next(iter(shapes))) + ".alpha"].item() == RANK
@@ -332,7 +333,7 @@ def test_official_merger_file_reads_with_weights_only(tmp_path):
     assert set(mergers) == {"content"} and sorted(mergers["content"]) == sorted(PATHS)
     assert all(torch.equal(mergers["content"][p], v) for p, v in vecs.items())
     with pytest.raises(ValueError, match="out_merger_content.pth"):  # rank-sized (fork) mergers do not fit
-        LR.read_official_mergers(str(file), expected=LR.attention_shapes())
+        LR.read_official_mergers(str(file), expected=attention_shapes())
 
 
 class _Payload:
@@ -374,7 +375,7 @@ def test_sd15_lora_is_refused_against_sdxl_shapes(tmp_path):
     file = tmp_path / "sd15_style.safetensors"
     save_file(sd, str(file))
     lora = LR.read_lora(str(file))
-    for expected in (LR.attention_shapes(), TINY_SHAPES):
+    for expected in (attention_shapes(), TINY_SHAPES):
         with pytest.raises(ValueError, match=r"sd15_style\.safetensors.*attn2_to_k.*768"):
             LR.validate_against(lora, expected)
     # a layer SDXL does not have at all (SD1.5 has attention in down_blocks.0) is named too
@@ -384,14 +385,14 @@ def test_sd15_lora_is_refused_against_sdxl_shapes(tmp_path):
     sd2[next(iter(sd))] = torch.randn(RANK, 2048, generator=g)
     lora2 = LR.read_lora(sd2, source_name="mixed.safetensors")
     with pytest.raises(ValueError, match=r"mixed\.safetensors.*down_blocks_0_attentions_0"):
-        LR.validate_against(lora2, LR.attention_shapes())
+        LR.validate_against(lora2, attention_shapes())
     # positive control: a LoRA shaped for the tiny model passes against the tiny model
     good = LR.read_lora(LF.lora_to_kohya(_factors(TINY_SHAPES, 11)))
     LR.validate_against(good, TINY_SHAPES)
 
 
 def test_sdxl_name_table_covers_the_560_targets():
-    shapes = LR.attention_shapes()
+    shapes = attention_shapes()
     assert len(shapes) == 560
     assert shapes["input_blocks.4.1.transformer_blocks.0.attn2.to_k"] == (2048, 640)
     assert shapes["output_blocks.0.1.transformer_blocks.9.attn1.to_out.0"] == (1280, 1280)
