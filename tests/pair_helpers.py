@@ -37,21 +37,23 @@ def random_lora(model, seed: int, rank: int = 4) -> ContentStyleLoRA:
 
 
 def save_lora(lora: ContentStyleLoRA, directory, name: str, bundle_directory=None, dtype=torch.float32, **kw):
+    """bundle_directory: where the bundle goes (the pack's models/unziplora); default: beside the LoRAs, where
+    pairs.from_bundle finds them without being told the LoRA folders."""
     factors, mergers, masks = split_run(lora)
     return LF.save_unziplora(str(directory), name, factors["content"], factors["style"], info(**kw), mergers=mergers,
-                             masks=masks, dtype=dtype,
-                             bundle_directory=None if bundle_directory is None else str(bundle_directory))
+                             masks=masks, dtype=dtype, bundle_directory=str(bundle_directory or directory))
 
 
 def save_random_run(directory, name: str, shapes: dict, seed: int, rank: int = 4, bundle_directory=None, **kw):
-    """A run for a model we do not build in-process (the server's checkpoint): plain random tensors per layer."""
+    """A run for a model we do not build in-process (the server's checkpoint): plain random tensors per layer.
+    bundle_directory as save_lora's."""
     g = torch.Generator().manual_seed(seed)
     sides = {s: {p: (torch.randn(rank, i, generator=g) * 0.05, torch.randn(o, rank, generator=g) * 0.05)
                  for p, (i, o) in sorted(shapes.items())} for s in LF.SIDES}
     mergers = {s: {p: 0.5 + 0.5 * torch.rand(o, generator=g) for p, (_, o) in shapes.items()} for s in LF.SIDES}
     masks = {s: {p: torch.ones(o) for p, (_, o) in shapes.items()} for s in LF.SIDES}
     return LF.save_unziplora(str(directory), name, sides["content"], sides["style"], info(**kw), mergers=mergers,
-                             masks=masks, bundle_directory=None if bundle_directory is None else str(bundle_directory))
+                             masks=masks, bundle_directory=str(bundle_directory or directory))
 
 
 def attention_shapes(unet_config: Mapping | None = None) -> dict[str, tuple[int, int]]:

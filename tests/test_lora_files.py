@@ -58,8 +58,16 @@ def _save_tiny(tmp_path, name="cat"):
     g = torch.Generator().manual_seed(3)
     mergers = {s: {p: torch.rand(o, generator=g) for p, (_, o) in shapes.items()} for s in LF.SIDES}
     masks = {s: {p: (torch.rand(o, generator=g) > 0.7).float() for p, (_, o) in shapes.items()} for s in LF.SIDES}
-    saved = LF.save_unziplora(str(tmp_path), name, content, style, _info(), mergers=mergers, masks=masks)
+    saved = LF.save_unziplora(str(tmp_path), name, content, style, _info(), mergers=mergers, masks=masks,
+                              bundle_directory=str(_bundles(tmp_path)))
     return saved, shapes, mergers, masks
+
+
+def _bundles(tmp_path):
+    """The bundles' folder (the pack's models/unziplora) beside the LoRAs' folder."""
+    d = tmp_path.parent / f"{tmp_path.name}_bundles"
+    d.mkdir(exist_ok=True)
+    return d
 
 
 def _lora_listing(directory: str) -> list[str]:
@@ -123,7 +131,7 @@ def test_kohya_writer_round_trips_through_reader(tmp_path):
 
 def test_metadata_and_bundle_round_trip(tmp_path):
     saved, shapes, mergers, masks = _save_tiny(tmp_path)
-    assert saved.name == "cat" and os.path.basename(saved.bundle) == "cat.unziplora"
+    assert saved.name == "cat" and saved.bundle == str(_bundles(tmp_path) / "cat.safetensors")
     for role, path in (("content", saved.content), ("style", saved.style)):
         with safe_open(path, framework="pt") as f:
             meta = f.metadata()
@@ -141,10 +149,12 @@ def test_metadata_and_bundle_round_trip(tmp_path):
         assert json.loads(meta["unziplora.hyperparameters"]) == {"rank": RANK, "steps": 600, "lr": 5e-5}
         assert (meta["unziplora.base_model"], meta["unziplora.base_model_hash"]) == ("sd_xl_base_1.0.safetensors", "abc123")
         assert meta["unziplora.pack_version"] == LF.pack_version() != "unknown"
-        assert meta["unziplora.bundle"] == "cat.unziplora"
+        assert meta["unziplora.bundle"] == "cat.safetensors"
         assert all(isinstance(v, str) for v in meta.values())
     bundle = LF.read_bundle(saved.bundle)
-    assert bundle.lora_path("content") == saved.content and bundle.lora_path("style") == saved.style
+    # the LoRAs are named by file name only (pair.from_bundle looks them up in the LoRA folders)
+    assert [bundle.metadata[f"unziplora.{side}_lora"] for side in LF.SIDES] == [
+        os.path.basename(saved.content), os.path.basename(saved.style)]
     assert bundle.metadata["unziplora.content_trigger"] == "sks cat"
     for side in LF.SIDES:
         assert set(bundle.mergers[side]) == set(shapes) == set(bundle.masks[side])
@@ -162,8 +172,8 @@ def test_unique_name_never_overwrites(tmp_path):
     assert LF.unique_name(d, "cat") == "cat"
     (tmp_path / "cat_content.safetensors").write_bytes(b"x")
     assert LF.unique_name(d, "cat") == "cat_2"
-    (tmp_path / "cat_2.unziplora").write_bytes(b"x")
-    assert LF.unique_name(d, "cat") == "cat_3"
+    (_bundles(tmp_path) / "cat_2.safetensors").write_bytes(b"x")  # a bundle under the name takes it too
+    assert LF.unique_name(d, "cat", also=[(str(_bundles(tmp_path)), LF.BUNDLE_SUFFIX)]) == "cat_3"
     assert "/" not in LF.unique_name(d, "../../etc/x") and not LF.unique_name(d, ".hidden").startswith(".")
     first, _, _, _ = _save_tiny(tmp_path, "dog")
     data = open(first.content, "rb").read()
@@ -175,7 +185,7 @@ def test_unique_name_never_overwrites(tmp_path):
 
 @pytest.mark.parametrize("fail_at", ["write", "rename"])
 def test_failed_set_leaves_no_file_and_temps_are_never_listed(tmp_path, monkeypatch, fail_at):
-    d = str(tmp_path)
+    d, bundles = str(tmp_path), str(_bundles(tmp_path))
     calls = {"write": 0, "rename": 0}
     real_save, real_rename = LF._save_safetensors, LF._rename
 
@@ -188,7 +198,7 @@ def test_failed_set_leaves_no_file_and_temps_are_never_listed(tmp_path, monkeypa
     def rename(src, dst):
         calls["rename"] += 1
         if calls["rename"] == 1:  # all three temps exist now
-            present = os.listdir(d)
+            present = os.listdir(d) + os.listdir(bundles)
             assert len(present) == 3 and all(n.startswith(".") and n.endswith(".tmp") for n in present)
             assert _lora_listing(d) == []
         if fail_at == "rename" and calls["rename"] == 2:
@@ -199,12 +209,12 @@ def test_failed_set_leaves_no_file_and_temps_are_never_listed(tmp_path, monkeypa
     monkeypatch.setattr(LF, "_rename", rename)
     with pytest.raises(OSError, match="simulated"):
         _save_tiny(tmp_path)
-    assert os.listdir(d) == []
+    assert os.listdir(d) == [] and os.listdir(bundles) == []
     monkeypatch.setattr(LF, "_save_safetensors", real_save)
     monkeypatch.setattr(LF, "_rename", real_rename)
     saved, _, _, _ = _save_tiny(tmp_path)
-    assert sorted(os.listdir(d)) == ["cat.unziplora", "cat_content.safetensors", "cat_style.safetensors"]
-    # the bundle is not a LoRA: ComfyUI's LoRA list must not offer it
+    assert sorted(os.listdir(d)) == ["cat_content.safetensors", "cat_style.safetensors"]
+    assert os.listdir(bundles) == ["cat.safetensors"]  # the bundle is not a LoRA: it is kept out of the LoRA folder
     assert _lora_listing(d) == ["cat_content.safetensors", "cat_style.safetensors"]
 
 
