@@ -123,7 +123,7 @@ def test_job_trains_reserves_and_previews_on_its_own_device(tiny_sdxl, tmp_path,
     monkeypatch.setattr("unziplora_pack.training.service.VramReservation", reservation)
 
     class Renderer:
-        def __init__(self, preview, inputs, config, objective, device, *rest):
+        def __init__(self, preview, inputs, config, objective, device, *rest, **hooks):
             seen["previews"] = device
 
     monkeypatch.setattr("unziplora_pack.training.service.PreviewRenderer", Renderer)
