@@ -9,14 +9,14 @@ import copy
 import pytest
 import torch
 from test_checkpointing_mode import is_checkpointing
-from tiny_models import TINY_UNET_CONFIG, random_conditioning
+from tiny_models import random_conditioning
+
+from comfy_server import _tiny_sdxl_module
 
 from unziplora_pack.unziplora import checkpointing, content_style, kv_patch, targets
 from unziplora_pack.unziplora.roles import get_mode
 
-REAL_SDXL = dict(TINY_UNET_CONFIG, model_channels=320, channel_mult=[1, 2, 4], transformer_depth=[0, 0, 2, 2, 10, 10],
-                 transformer_depth_output=[0, 0, 0, 2, 2, 2, 10, 10, 10], transformer_depth_middle=10,
-                 num_head_channels=64)
+REAL_SDXL = dict(_tiny_sdxl_module().FULL_UNET_CONFIG)
 
 
 def per_block(width: int, rank: int) -> int:
