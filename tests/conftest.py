@@ -29,7 +29,7 @@ def tiny_sdxl():
     return build_tiny_sdxl(seed=0)
 
 
-# --- live ComfyUI server fixtures (the helpers: tests/comfy_server.py, which scripts use without pytest) ---
+# --- live ComfyUI server fixtures (the helpers: scripts/comfy_server.py, which scripts use without pytest) ---
 from comfy_server import ComfyClient, ensure_tiny_checkpoint, make_base_dir, start_server  # noqa: E402
 
 
