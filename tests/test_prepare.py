@@ -140,3 +140,15 @@ def test_a_prompt_is_encoded_once_per_clip_and_its_patches():
     other = _CountingClip()  # another CLIP object (a clone, another checkpoint): its own encodes
     encode_prompts(other, "A sks cat in sketch style", "A sks cat", "A cat in sketch style")
     assert other.encodes == 3
+
+
+def test_an_image_too_small_is_refused_before_any_prompt_is_encoded(tiny_sdxl, monkeypatch):
+    from unziplora_pack.training import host_ram, prepare
+
+    monkeypatch.setenv(host_ram.CHECK_ENV, "off")
+    clip = _CountingClip()
+    with pytest.raises(ValueError, match="shorter side must be at least 64"):
+        prepare.prepare_inputs(tiny_sdxl, clip, object(), torch.rand(1, 32, 200, 3), "a sks cat in sketch style",
+                               "a sks cat", "a cat in sketch style", TrainConfig(steps=4, sample_times=2),
+                               device="cpu")
+    assert clip.encodes == 0
