@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import statistics
 import sys
 import tempfile
@@ -31,28 +30,18 @@ PACK = "unziplora_pack"
 
 
 def setup(cpu: bool):
-    """ComfyUI on sys.path and the pack imported as a package, as tests/conftest.py does."""
+    """ComfyUI on sys.path and the pack imported as a package (scripts/dev_env.py, as the tests do)."""
     sys.path[:0] = [str(REPO / "tests")]
-    from comfy_server import comfy_dir
+    sys.path.append(str(REPO / "scripts"))
+    import dev_env
 
-    sys.path.insert(0, str(comfy_dir()))
-    import comfy.cli_args
-
-    comfy.cli_args.args.cpu = cpu
-    spec = importlib.util.spec_from_file_location(PACK, REPO / "__init__.py", submodule_search_locations=[str(REPO)])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[PACK] = module
-    spec.loader.exec_module(module)
+    dev_env.setup(cpu=cpu)
 
 
 def full_sdxl_config() -> dict:
-    from tiny_models import TINY_UNET_CONFIG
+    from comfy_server import _tiny_sdxl_module
 
-    cfg = dict(TINY_UNET_CONFIG)
-    cfg.update(model_channels=320, channel_mult=[1, 2, 4], transformer_depth=[0, 0, 2, 2, 10, 10],
-               transformer_depth_middle=10, transformer_depth_output=[0, 0, 0, 2, 2, 2, 10, 10, 10],
-               num_head_channels=64, image_size=128)
-    return cfg
+    return dict(_tiny_sdxl_module().FULL_UNET_CONFIG, image_size=128)
 
 
 def build_model(full: bool):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import torch
 from comfy_api.latest import io
 
 from ..training.config import CHECKPOINTING, TrainConfig
@@ -256,17 +257,34 @@ def base_model_name(prompt: dict | None, node_id: str | None) -> str:
 
 
 def make_room_for_training(unet, device=None) -> None:
-    """Ask ComfyUI to unload what it can from the job's device (None: ComfyUI's) before the job puts its own UNet
-    copy there. This runs in the queue thread, the only place model management may be touched; the job's memory
-    is invisible to it later."""
+    """Ask ComfyUI to unload what it can from the job's device (None: ComfyUI's) for the job's UNet copy and its
+    activations / optimiser state (twice the weights). This runs in the queue thread, the only place model
+    management may be touched; the job's memory is invisible to it later.
+
+    Weights already on that device are not asked for again: prepare_inputs makes a CUDA job's copy on the card
+    (after its own make_room), and ComfyUI's free memory no longer includes them. Asking for them a second time
+    unloaded one copy's worth of models more than the job needs."""
     import comfy.model_management as mm
 
-    device = device if device is not None else mm.get_torch_device()
+    device = torch.device(device) if device is not None else mm.get_torch_device()
     if device.type == "cpu":
         return
-    need = sum(p.numel() * 2 for p in unet.parameters()) * 3  # bf16 weights + activations/optimiser headroom
-    mm.free_memory(need, device)
+    weights = elsewhere = 0
+    for p in unet.parameters():
+        size = p.numel() * p.element_size()
+        weights += size
+        if not _on(p.device, device):
+            elsewhere += size
+    mm.free_memory(elsewhere + 2 * weights, device)
     mm.soft_empty_cache()
+
+
+def _on(where: torch.device, device: torch.device) -> bool:
+    """A tensor on `where` sits on `device` (a cuda device without an index is the current card)."""
+    def card(d):
+        return torch.device(d.type, torch.cuda.current_device()) if d.type == "cuda" and d.index is None else d
+
+    return card(where) == card(device)
 
 
 def _wait_in_queue(svc, job):

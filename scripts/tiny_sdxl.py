@@ -57,7 +57,8 @@ SEED = 20240501
 STD = 0.02
 OUT_STD = 0.002  # the UNet's final conv: keeps eps predictions small so sampling stays finite
 
-UNET_CONFIG = {
+# SDXL base's own UNet (2,567,463,684 parameters): what the full-size checkpoint holds
+FULL_UNET_CONFIG = {
     "use_checkpoint": False,
     "image_size": 32,
     "use_spatial_transformer": True,
@@ -68,20 +69,23 @@ UNET_CONFIG = {
     "out_channels": 4,
     "model_channels": 320,
     "num_res_blocks": [2, 2, 2],
-    "channel_mult": [1, 1, 1],
+    "channel_mult": [1, 2, 4],
     "transformer_depth": [0, 0, 2, 2, 10, 10],
-    "transformer_depth_output": [0, 0, 0, 1, 1, 1, 1, 1, 1],
-    "transformer_depth_middle": 1,
+    "transformer_depth_output": [0, 0, 0, 2, 2, 2, 10, 10, 10],
+    "transformer_depth_middle": 10,
     "use_linear_in_transformer": True,
     "context_dim": 2048,
     "num_head_channels": 64,
     "use_temporal_resblock": False,
     "use_temporal_attention": False,
 }
-
-# SDXL base's own UNet: what the full-size checkpoint holds (2,567,463,684 parameters)
-FULL_UNET_CONFIG = dict(UNET_CONFIG, channel_mult=[1, 2, 4], transformer_depth_middle=10,
-                        transformer_depth_output=[0, 0, 0, 2, 2, 2, 10, 10, 10])
+# the tiny checkpoint: SDXL base with one width and one transformer block where SDXL has 2 or 10 (outputs 0-5)
+UNET_CONFIG = dict(FULL_UNET_CONFIG, channel_mult=[1, 1, 1], transformer_depth_middle=1,
+                   transformer_depth_output=[0, 0, 0, 1, 1, 1, 1, 1, 1])
+# the in-process unit tests' UNet (tests/tiny_models.py): narrower still, one block per attention level
+TEST_UNET_CONFIG = dict(FULL_UNET_CONFIG, model_channels=64, channel_mult=[1, 2, 2], transformer_depth=[0, 0, 1, 1, 1, 1],
+                        transformer_depth_middle=1, transformer_depth_output=[0, 0, 0, 1, 1, 1, 1, 1, 1],
+                        num_head_channels=32)
 SIZES = {"tiny": UNET_CONFIG, "full": FULL_UNET_CONFIG}
 FILENAMES = {"tiny": FILENAME, "full": "sdxl_random_full.safetensors"}
 
@@ -135,14 +139,16 @@ def default_cache_dir() -> Path:
 
 
 def comfy_dir() -> Path:
-    """ComfyUI's directory: $COMFYUI_DIR, else the path scripts/setup_dev.sh wrote to <repo>/.comfyui-path."""
-    env = os.environ.get("COMFYUI_DIR")
-    if env:
-        return Path(env).expanduser().resolve()
-    marker = REPO / ".comfyui-path"
-    if marker.exists():
-        return Path(marker.read_text().strip())
-    return REPO / ".comfyui"
+    """ComfyUI's directory (scripts/dev_env.py says how it is found)."""
+    return _dev_env().comfy_dir()
+
+
+def _dev_env():
+    if str(Path(__file__).resolve().parent) not in sys.path:
+        sys.path.append(str(Path(__file__).resolve().parent))
+    import dev_env
+
+    return dev_env
 
 
 def file_hash(path: Path) -> str | None:
@@ -182,15 +188,10 @@ def file_metadata(path: Path) -> dict:
 
 def _import_comfy(comfy: Path | None = None):
     """Put ComfyUI on sys.path and make it run on the CPU when it has not been imported yet."""
-    comfy = Path(comfy) if comfy else comfy_dir()
-    if not (comfy / "comfy").is_dir():
-        raise SystemExit(f"ComfyUI not found at {comfy}: run `bash scripts/setup_dev.sh` or set COMFYUI_DIR")
-    if str(comfy) not in sys.path:
-        sys.path.insert(0, str(comfy))
-    if "comfy.model_management" not in sys.modules:
-        import comfy.cli_args
-
-        comfy.cli_args.args.cpu = True
+    try:
+        _dev_env().use_comfyui(comfy, cpu=True)
+    except RuntimeError as e:
+        raise SystemExit(str(e)) from None
 
 
 def init_module_(module, generator, std: float = STD) -> None:

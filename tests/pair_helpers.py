@@ -3,10 +3,13 @@ training/export.py saves a finished run. Shared by test_apply.py, test_pair_file
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 
 from unziplora_pack.training.export import split_run
 from unziplora_pack.unziplora import lora_files as LF
+from unziplora_pack.unziplora import lora_formats as LR
 from unziplora_pack.unziplora.content_style import ContentStyleLoRA
 
 
@@ -34,18 +37,36 @@ def random_lora(model, seed: int, rank: int = 4) -> ContentStyleLoRA:
 
 
 def save_lora(lora: ContentStyleLoRA, directory, name: str, bundle_directory=None, dtype=torch.float32, **kw):
+    """bundle_directory: where the bundle goes (the pack's models/unziplora); default: beside the LoRAs, where
+    pairs.from_bundle finds them without being told the LoRA folders."""
     factors, mergers, masks = split_run(lora)
     return LF.save_unziplora(str(directory), name, factors["content"], factors["style"], info(**kw), mergers=mergers,
-                             masks=masks, dtype=dtype,
-                             bundle_directory=None if bundle_directory is None else str(bundle_directory))
+                             masks=masks, dtype=dtype, bundle_directory=str(bundle_directory or directory))
 
 
 def save_random_run(directory, name: str, shapes: dict, seed: int, rank: int = 4, bundle_directory=None, **kw):
-    """A run for a model we do not build in-process (the server's checkpoint): plain random tensors per layer."""
+    """A run for a model we do not build in-process (the server's checkpoint): plain random tensors per layer.
+    bundle_directory as save_lora's."""
     g = torch.Generator().manual_seed(seed)
     sides = {s: {p: (torch.randn(rank, i, generator=g) * 0.05, torch.randn(o, rank, generator=g) * 0.05)
                  for p, (i, o) in sorted(shapes.items())} for s in LF.SIDES}
     mergers = {s: {p: 0.5 + 0.5 * torch.rand(o, generator=g) for p, (_, o) in shapes.items()} for s in LF.SIDES}
     masks = {s: {p: torch.ones(o) for p, (_, o) in shapes.items()} for s in LF.SIDES}
     return LF.save_unziplora(str(directory), name, sides["content"], sides["style"], info(**kw), mergers=mergers,
-                             masks=masks, bundle_directory=None if bundle_directory is None else str(bundle_directory))
+                             masks=masks, bundle_directory=str(bundle_directory or directory))
+
+
+def attention_shapes(unet_config: Mapping | None = None) -> dict[str, tuple[int, int]]:
+    """{ldm path: (in, out)} of every attention linear for a UNet config (default: SDXL base, 560 linears), computed
+    from the config alone: the reference the readers' shape checks are tested against."""
+    cfg = dict(unet_config or LR.SDXL_UNET_CONFIG)
+    mult, ch, ctx = cfg["channel_mult"], cfg["model_channels"], cfg["context_dim"]
+    shapes = {}
+    for diff, ldm in LR.name_table(cfg).diffusers_to_ldm.items():
+        if not LR.is_attention_target(ldm):
+            continue
+        top, level = diff.split(".")[:2]
+        level = len(mult) - 1 if top == "mid_block" else int(level) if top == "down_blocks" else len(mult) - 1 - int(level)
+        width = ch * mult[level]
+        shapes[ldm] = (ctx if ldm.endswith(LR.CROSS_KV) else width, width)
+    return shapes

@@ -120,7 +120,9 @@ def _during(monkeypatch, ending):
 
     def run(self, progress=None, should_stop=None, **kwargs):
         seen["headroom"] = compat.aimdo_headroom().get() if compat.aimdo_headroom() else None
-        seen["reserve"] = vram.comfy_reserved()
+        import comfy.model_management
+
+        seen["reserve"] = int(comfy.model_management.extra_reserved_memory())
         if ending == "failed":
             raise RuntimeError("a bug in a step (simulated)")
         if ending == "oom":

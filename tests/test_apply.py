@@ -140,8 +140,8 @@ def test_crossing_two_runs_adds_a_content_and_b_style(tiny_sdxl, run_a, tmp_path
             assert torch.equal(after[t.path], before[t.path]), t.path
             continue
         fc, fs = lora_a.dual(t.path).content, lora_b.dual(t.path).style
-        expected = (sc * fc.column_scale(True)[:, None] * fc.dense_weight()
-                    + ss * fs.column_scale(True)[:, None] * fs.dense_weight())
+        expected = (sc * fc.column_scale(True)[:, None] * (fc.up @ fc.down)
+                    + ss * fs.column_scale(True)[:, None] * (fs.up @ fs.down))
         worst = max(worst, float((after[t.path] - before[t.path] - expected.detach()).abs().max()))
     assert worst <= 1e-5, worst
 

@@ -8,10 +8,9 @@ import time
 import uuid
 
 import pytest
-from pair_helpers import save_random_run
+from pair_helpers import attention_shapes, save_random_run
 
 from comfy_server import _tiny_sdxl_module, events_of
-from unziplora_pack.unziplora.lora_formats import attention_shapes
 
 pytestmark = pytest.mark.server
 

@@ -8,22 +8,22 @@ import json
 
 import pytest
 
-from comfy_server import PromptRejected, events_of, make_base_dir, start_server
+from comfy_server import PromptRejected, events_of
 from test_train_server import _sample_image, train_graph
 
 pytestmark = pytest.mark.server
 
 
 @pytest.fixture(scope="module")
-def live(tmp_path_factory, tiny_checkpoint):
-    base = make_base_dir(tmp_path_factory.mktemp("queue_base"), checkpoint=tiny_checkpoint)
-    _sample_image(base / "input" / "cat.png", 96)
+def live(comfy_server, tiny_checkpoint):
+    """The session's server (nothing here trains, restarts or changes a setting) with a few files of its own."""
+    base = comfy_server.base_dir
+    if not (base / "input" / "cat.png").is_file():
+        _sample_image(base / "input" / "cat.png", 160)  # what test_train_server puts there too
     (base / "models" / "clip_vision").mkdir(parents=True, exist_ok=True)
     (base / "models" / "clip_vision" / "never_loaded.safetensors").write_bytes(b"not loaded: refused before")
     (base / "models" / "loras" / "a.safetensors").write_bytes(b"not loaded: refused before")
-    server = start_server(base)
-    yield {"server": server, "base": base, "ckpt": tiny_checkpoint.name}
-    server.stop()
+    return {"server": comfy_server, "base": base, "ckpt": tiny_checkpoint.name}
 
 
 def score_graph(**inputs) -> dict:

@@ -1,7 +1,13 @@
 """Train Folder in a live server: one job per image, captions, names that never overwrite, cancel one, a restart
 mid-batch, resume all, cancel all, and the job-files route (including hostile requests).
 
-One server for the module (it is restarted mid-batch, so it is not the session's)."""
+One server for the module (it is restarted mid-batch, so it is not the session's). The batch scenarios run on the
+first host only (marker first_host_only, see FIRST_HOST_ONLY in conftest.py for the rule): they test the pack's own
+batch logic, and the ComfyUI surfaces they go through are tested on every host by cheaper tests -- a prompt the
+server queues for a resume (test_train_server, test_bad_inputs_server), a restart that marks jobs interrupted
+(test_train_server::test_restart_mid_run_shows_interrupted_and_resumes), the pack's routes (test_job_files,
+test_train_server). What differs between the hosts here -- whether POST /prompt checks Train Folder's folder -- is
+tested on every host, against the session's server (test_bad_folders_are_refused_naming_them)."""
 
 from __future__ import annotations
 
@@ -9,6 +15,7 @@ import json
 import time
 import urllib.error
 import urllib.request
+import uuid
 from pathlib import Path
 
 import pytest
@@ -18,6 +25,7 @@ from safetensors import safe_open
 from comfy_server import make_base_dir, start_server
 
 pytestmark = pytest.mark.server
+one_host = pytest.mark.first_host_only
 FINAL = ("done", "failed", "cancelled", "interrupted")
 
 
@@ -78,8 +86,6 @@ def live(tmp_path_factory, tiny_checkpoint):
     (base / "input" / "shoes" / "b.txt").write_text("a red sneaker\n")
     (base / "input" / "shoes" / "notes.md").write_text("not an image")
     make_folder(base / "input" / "two", ["x.png", "y.png"])
-    make_folder(base / "input" / "bad", ["ok.png"])
-    (base / "input" / "bad" / "broken.png").write_bytes(b"not a png")
     # a pair named like image a's is already there: a's job must take another name, never overwrite it
     taken = base / "models" / "loras" / "unziplora"
     taken.mkdir(parents=True)
@@ -89,6 +95,7 @@ def live(tmp_path_factory, tiny_checkpoint):
     state["server"].stop()
 
 
+@one_host
 def test_folder_batch_cancel_one_restart_resume_all(live, tiny_checkpoint):
     server = live["server"]
     client = server.client()
@@ -157,6 +164,7 @@ def status_of_post(client, path, body=b"{}") -> tuple[int, dict]:
         return e.code, json.loads(e.read() or b"{}")
 
 
+@one_host
 def test_job_files_route_serves_the_jobs_own_files_only(live):
     client = live["server"].client()
     view = live["done_view"]
@@ -189,7 +197,8 @@ def test_job_files_route_serves_the_jobs_own_files_only(live):
     assert status == 409 and b"cancelled" in body
 
 
-def test_cancel_all_and_bad_folders(live, tiny_checkpoint):
+@one_host
+def test_cancel_all(live, tiny_checkpoint):
     client = live["server"].client()
     _pid, _ev, hist = client.run(folder_graph(tiny_checkpoint.name, folder="two", name="two", steps=40), timeout=400)
     batch_id = hist["outputs"]["5"]["unziplora_batch"][0]
@@ -197,16 +206,27 @@ def test_cancel_all_and_bad_folders(live, tiny_checkpoint):
     assert status == 200 and len(answer["cancelled"]) == 2, answer
     view = wait_batch(client, batch_id, lambda v: all(it["job"]["state"] in FINAL for it in v["items"]))
     assert {it["job"]["state"] for it in view["items"]} == {"cancelled"} and view["state"] == "stopped"
+    for path in ("/unziplora/batches/zzz/cancel", "/unziplora/batches/000000000000/cancel"):
+        status, body = status_of_post(client, path)
+        assert status in (400, 404) and "batch" in body["error"]
+
+
+def test_bad_folders_are_refused_naming_them(comfy_server, tiny_checkpoint):
+    """Every host (the session's server: nothing here trains or restarts)."""
+    client = comfy_server.client()
+    bad = f"bad_{uuid.uuid4().hex[:8]}"
+    make_folder(comfy_server.base_dir / "input" / bad, ["ok.png"])
+    (comfy_server.base_dir / "input" / bad / "broken.png").write_bytes(b"not a png")
     # a broken image fails the node naming the file, and no job of that batch starts
     before = len(get(client, "/unziplora/jobs")["jobs"])
-    _pid, _ev, hist = client.run(folder_graph(tiny_checkpoint.name, folder="bad", name="bad"), timeout=400)
+    _pid, _ev, hist = client.run(folder_graph(tiny_checkpoint.name, folder=bad, name="bad"), timeout=400)
     status = hist["status"]
     text = json.dumps(status["messages"])
-    assert status["status_str"] == "error" and "bad/broken.png" in text, text[:1500]
+    assert status["status_str"] == "error" and f"{bad}/broken.png" in text, text[:1500]
     assert len(get(client, "/unziplora/jobs")["jobs"]) == before
-    for bad in ("../input", "shoes/../../user"):
+    for folder in ("../input", "shoes/../../user"):
         status, body = status_of_post(client, "/prompt", json.dumps({"prompt": folder_graph(
-            tiny_checkpoint.name, folder=bad)}).encode())
+            tiny_checkpoint.name, folder=folder)}).encode())
         if status == 200:  # 0.3.75 does not check V3 combos at queue time: the node refuses it
             end = time.time() + 60
             while not client.history(body["prompt_id"]) and time.time() < end:
@@ -215,6 +235,3 @@ def test_cancel_all_and_bad_folders(live, tiny_checkpoint):
             assert "folder" in msg and "not allowed" in msg, msg[:800]
         else:
             assert "folder" in json.dumps(body), body
-    for path in ("/unziplora/batches/zzz/cancel", "/unziplora/batches/000000000000/cancel"):
-        status, body = status_of_post(client, path)
-        assert status in (400, 404) and "batch" in body["error"]

@@ -85,22 +85,24 @@ def dismiss_first_visit_dialogs(page, wait_s: float = 60.0) -> None:
         page.wait_for_timeout(500)
 
 
-def open_template(page, server, name: str) -> dict:
+def open_template(page, server, name: str, settle_ms: int = 0) -> dict:
     """Open a template the way the template browser does (fetch its file, loadGraphData with validation on);
-    returns what the page showed: dialogs, schema messages, unknown node types."""
+    returns what the page showed: dialogs, schema messages, unknown node types. settle_ms: how long to give
+    dialogs and toasts to appear first (only a test that judges them needs it: the graph itself is complete when
+    loadGraphData returns)."""
     url = f"{server.url}/api/workflow_templates/{PACK_FOLDER}/{urllib.parse.quote(name)}.json"
     if page.locator(TEMPLATES_DIALOG).count():  # the first visit's Templates dialog came late: not ours to judge
         close_templates_dialog(page, timeout=10)
-    result = page.evaluate("""async ([url, name]) => {
+    result = page.evaluate("""async ([url, name, settle]) => {
         const wf = await (await fetch(url)).json();
         await window.app.loadGraphData(wf, true, true, name, { openSource: "template" });
-        await new Promise((r) => setTimeout(r, 800));
+        await new Promise((r) => setTimeout(r, settle));
         const g = window.app.graph;
         const dialogs = [...document.querySelectorAll('.p-dialog')].map((d) => d.innerText.slice(0, 300));
         const toasts = [...document.querySelectorAll('.p-toast-message')].map((t) => t.innerText.slice(0, 300));
         const unknown = g.nodes.filter((n) => !window.LiteGraph.registered_node_types[n.type]).map((n) => n.type);
         return { dialogs, toasts, unknown, nodes: g.nodes.length };
-    }""", [url, name])
+    }""", [url, name, settle_ms])
     return result
 
 
@@ -225,7 +227,7 @@ def test_template_opens_clean(session, name):
     """No schema alert or message, no dialog (missing nodes / models), every node type known."""
     page, server, log = session["page"], session["server"], session["log"]
     console_before = len(log.all_messages)
-    shown = open_template(page, server, name)
+    shown = open_template(page, server, name, settle_ms=800)
     assert shown["unknown"] == [], shown
     dialogs = [d for d in shown["dialogs"] if d.strip()]
     # 1.58.1 lists models it cannot find under "Setup required" (issue 21.2: "Missing Models: Unknown")

@@ -12,7 +12,7 @@ from unziplora_pack.training import service as service_mod
 from unziplora_pack.training import vram
 from unziplora_pack.training.config import TrainConfig
 from unziplora_pack.training.presets import apply_preset
-from unziplora_pack.unziplora.checkpointing import DEEP_BLOCKS, checkpointing_mode, is_checkpointing
+from unziplora_pack.unziplora.checkpointing import DEEP_BLOCKS, checkpointing_mode
 
 GiB = 1024**3
 CUDA = torch.device("cuda")  # only a name here: nothing is put on it
@@ -82,3 +82,10 @@ def is_checkpointing_layer(layer) -> bool:
     from unziplora_pack.unziplora.checkpointing import _CheckpointedLayer
 
     return isinstance(layer, _CheckpointedLayer)
+
+
+def is_checkpointing(unet) -> bool:
+    """Any of the UNet's blocks wrapped for gradient checkpointing."""
+    from unziplora_pack.unziplora.checkpointing import _named_block_layers
+
+    return any(is_checkpointing_layer(layer) for _, layer in _named_block_layers(unet))

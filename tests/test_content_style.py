@@ -8,14 +8,15 @@ import copy
 
 import pytest
 import torch
-from tiny_models import TINY_UNET_CONFIG, random_conditioning
+from test_checkpointing_mode import is_checkpointing
+from tiny_models import random_conditioning
+
+from comfy_server import _tiny_sdxl_module
 
 from unziplora_pack.unziplora import checkpointing, content_style, kv_patch, targets
 from unziplora_pack.unziplora.roles import get_mode
 
-REAL_SDXL = dict(TINY_UNET_CONFIG, model_channels=320, channel_mult=[1, 2, 4], transformer_depth=[0, 0, 2, 2, 10, 10],
-                 transformer_depth_output=[0, 0, 0, 2, 2, 2, 10, 10, 10], transformer_depth_middle=10,
-                 num_head_channels=64)
+REAL_SDXL = dict(_tiny_sdxl_module().FULL_UNET_CONFIG)
 
 
 def per_block(width: int, rank: int) -> int:
@@ -50,7 +51,7 @@ def lora_tiny(tiny_sdxl):
 
 def test_targets_match_comfy_patch_keys(tiny_sdxl):
     recs = targets.find_targets(tiny_sdxl)
-    assert len(recs) == 88 and len(targets.blocks_of(recs)) == 11
+    assert len(recs) == 88 and len({t.block for t in recs}) == 11
     kv = [r for r in recs if r.is_cross_kv]
     assert len(kv) == 22 and all(r.in_features == 2048 for r in kv)
     assert {r.block for r in recs if r.transformer_key == ("middle", 0, 0)} == {"middle_block.1"}
@@ -78,7 +79,7 @@ def test_parameter_counts_real_sdxl_and_tiny(tiny_sdxl):
 
     model = comfy.supported_models.SDXL(dict(REAL_SDXL)).get_model({}, device=torch.device("meta"))
     recs = targets.find_targets(model)
-    assert len(recs) == 560 and len(targets.blocks_of(recs)) == 11
+    assert len(recs) == 560 and len({t.block for t in recs}) == 11
     assert sum(r.is_cross_kv for r in recs) == 140
     widths = {r.block: r.out_features for r in recs}
     assert {b for b, w in widths.items() if w == 640} == {"input_blocks.4.1", "input_blocks.5.1", "output_blocks.3.1",
@@ -252,7 +253,7 @@ def test_gradient_checkpointing_same_gradients(tiny_sdxl, lora_tiny):
     for prepared in (False, True):
         for ckpt in (False, True):
             (checkpointing.enable_checkpointing if ckpt else checkpointing.disable_checkpointing)(unet)
-            assert checkpointing.is_checkpointing(unet) == ckpt
+            assert is_checkpointing(unet) == ckpt
             lora_tiny.zero_grad(set_to_none=True)
             with lora_tiny.step_factors("cpu", torch.float32) if prepared else contextlib.nullcontext():
                 eps = kv_patch.predict_eps(unet, lora_tiny, lat, t, ctx, y, xc, xs)
@@ -267,4 +268,4 @@ def test_gradient_checkpointing_same_gradients(tiny_sdxl, lora_tiny):
     # paths and types are unchanged while checkpointing, and everything is restored afterwards
     checkpointing.enable_checkpointing(unet)
     assert targets.find_targets(unet) == targets.find_targets(tiny_sdxl)
-    assert checkpointing.disable_checkpointing(unet) == 33 and not checkpointing.is_checkpointing(unet)
+    assert checkpointing.disable_checkpointing(unet) == 33 and not is_checkpointing(unet)

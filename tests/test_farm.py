@@ -28,7 +28,7 @@ def train_workflow(ckpt: str, **overrides) -> dict:
     inputs = dict(model=["1", 0], clip=["1", 1], vae=["1", 2], image=["2", 0], content_prompt="A sks cat",
                   style_prompt="A cat in sketch style", combined_prompt="", name="shop", mode="unziplora", steps=8,
                   rank=4, lr_content=5e-5, lr_style=5e-5, lr_merger=5e-3, column_ratio=0.1, selections=2,
-                  orth_lambda=0.5, resolution=128, seed=0, checkpoint_every=2, preview_every=0, preview_steps=1,
+                  orth_lambda=0.5, resolution=64, seed=0, checkpoint_every=2, preview_every=0, preview_steps=1,
                   gradient_checkpointing="off", precision="auto", run_mode="background")
     inputs.update(overrides)
     return {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},

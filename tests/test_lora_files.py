@@ -13,13 +13,14 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from pair_helpers import attention_shapes
 from tiny_models import TINY_UNET_CONFIG
 from unziplora_pack.unziplora import lora_files as LF
 from unziplora_pack.unziplora import lora_formats as LR
 
 RANK = 4
 # the tiny SDXL's attention linears computed from its config; the stock-loader test checks them on the live model
-TINY_SHAPES = LR.attention_shapes(TINY_UNET_CONFIG)
+TINY_SHAPES = attention_shapes(TINY_UNET_CONFIG)
 
 
 def _ldm_to_diffusers(path: str) -> str:
@@ -57,8 +58,16 @@ def _save_tiny(tmp_path, name="cat"):
     g = torch.Generator().manual_seed(3)
     mergers = {s: {p: torch.rand(o, generator=g) for p, (_, o) in shapes.items()} for s in LF.SIDES}
     masks = {s: {p: (torch.rand(o, generator=g) > 0.7).float() for p, (_, o) in shapes.items()} for s in LF.SIDES}
-    saved = LF.save_unziplora(str(tmp_path), name, content, style, _info(), mergers=mergers, masks=masks)
+    saved = LF.save_unziplora(str(tmp_path), name, content, style, _info(), mergers=mergers, masks=masks,
+                              bundle_directory=str(_bundles(tmp_path)))
     return saved, shapes, mergers, masks
+
+
+def _bundles(tmp_path):
+    """The bundles' folder (the pack's models/unziplora) beside the LoRAs' folder."""
+    d = tmp_path.parent / f"{tmp_path.name}_bundles"
+    d.mkdir(exist_ok=True)
+    return d
 
 
 def _lora_listing(directory: str) -> list[str]:
@@ -109,7 +118,7 @@ def test_written_pair_loads_in_comfyui_stock_loader_at_scale_one(tiny_sdxl, tmp_
 
 
 def test_kohya_writer_round_trips_through_reader(tmp_path):
-    shapes = dict(list(LR.attention_shapes().items())[:12])
+    shapes = dict(list(attention_shapes().items())[:12])
     factors = _factors(shapes, 5, torch.float16)
     sd = LF.lora_to_kohya(factors)
     assert sd[LF.kohya_name(next(iter(shapes))) + ".alpha"].item() == RANK
@@ -122,7 +131,7 @@ def test_kohya_writer_round_trips_through_reader(tmp_path):
 
 def test_metadata_and_bundle_round_trip(tmp_path):
     saved, shapes, mergers, masks = _save_tiny(tmp_path)
-    assert saved.name == "cat" and os.path.basename(saved.bundle) == "cat.unziplora"
+    assert saved.name == "cat" and saved.bundle == str(_bundles(tmp_path) / "cat.safetensors")
     for role, path in (("content", saved.content), ("style", saved.style)):
         with safe_open(path, framework="pt") as f:
             meta = f.metadata()
@@ -140,10 +149,12 @@ def test_metadata_and_bundle_round_trip(tmp_path):
         assert json.loads(meta["unziplora.hyperparameters"]) == {"rank": RANK, "steps": 600, "lr": 5e-5}
         assert (meta["unziplora.base_model"], meta["unziplora.base_model_hash"]) == ("sd_xl_base_1.0.safetensors", "abc123")
         assert meta["unziplora.pack_version"] == LF.pack_version() != "unknown"
-        assert meta["unziplora.bundle"] == "cat.unziplora"
+        assert meta["unziplora.bundle"] == "cat.safetensors"
         assert all(isinstance(v, str) for v in meta.values())
     bundle = LF.read_bundle(saved.bundle)
-    assert bundle.lora_path("content") == saved.content and bundle.lora_path("style") == saved.style
+    # the LoRAs are named by file name only (pair.from_bundle looks them up in the LoRA folders)
+    assert [bundle.metadata[f"unziplora.{side}_lora"] for side in LF.SIDES] == [
+        os.path.basename(saved.content), os.path.basename(saved.style)]
     assert bundle.metadata["unziplora.content_trigger"] == "sks cat"
     for side in LF.SIDES:
         assert set(bundle.mergers[side]) == set(shapes) == set(bundle.masks[side])
@@ -161,8 +172,8 @@ def test_unique_name_never_overwrites(tmp_path):
     assert LF.unique_name(d, "cat") == "cat"
     (tmp_path / "cat_content.safetensors").write_bytes(b"x")
     assert LF.unique_name(d, "cat") == "cat_2"
-    (tmp_path / "cat_2.unziplora").write_bytes(b"x")
-    assert LF.unique_name(d, "cat") == "cat_3"
+    (_bundles(tmp_path) / "cat_2.safetensors").write_bytes(b"x")  # a bundle under the name takes it too
+    assert LF.unique_name(d, "cat", also=[(str(_bundles(tmp_path)), LF.BUNDLE_SUFFIX)]) == "cat_3"
     assert "/" not in LF.unique_name(d, "../../etc/x") and not LF.unique_name(d, ".hidden").startswith(".")
     first, _, _, _ = _save_tiny(tmp_path, "dog")
     data = open(first.content, "rb").read()
@@ -174,7 +185,7 @@ def test_unique_name_never_overwrites(tmp_path):
 
 @pytest.mark.parametrize("fail_at", ["write", "rename"])
 def test_failed_set_leaves_no_file_and_temps_are_never_listed(tmp_path, monkeypatch, fail_at):
-    d = str(tmp_path)
+    d, bundles = str(tmp_path), str(_bundles(tmp_path))
     calls = {"write": 0, "rename": 0}
     real_save, real_rename = LF._save_safetensors, LF._rename
 
@@ -187,7 +198,7 @@ def test_failed_set_leaves_no_file_and_temps_are_never_listed(tmp_path, monkeypa
     def rename(src, dst):
         calls["rename"] += 1
         if calls["rename"] == 1:  # all three temps exist now
-            present = os.listdir(d)
+            present = os.listdir(d) + os.listdir(bundles)
             assert len(present) == 3 and all(n.startswith(".") and n.endswith(".tmp") for n in present)
             assert _lora_listing(d) == []
         if fail_at == "rename" and calls["rename"] == 2:
@@ -198,12 +209,12 @@ def test_failed_set_leaves_no_file_and_temps_are_never_listed(tmp_path, monkeypa
     monkeypatch.setattr(LF, "_rename", rename)
     with pytest.raises(OSError, match="simulated"):
         _save_tiny(tmp_path)
-    assert os.listdir(d) == []
+    assert os.listdir(d) == [] and os.listdir(bundles) == []
     monkeypatch.setattr(LF, "_save_safetensors", real_save)
     monkeypatch.setattr(LF, "_rename", real_rename)
     saved, _, _, _ = _save_tiny(tmp_path)
-    assert sorted(os.listdir(d)) == ["cat.unziplora", "cat_content.safetensors", "cat_style.safetensors"]
-    # the bundle is not a LoRA: ComfyUI's LoRA list must not offer it
+    assert sorted(os.listdir(d)) == ["cat_content.safetensors", "cat_style.safetensors"]
+    assert os.listdir(bundles) == ["cat.safetensors"]  # the bundle is not a LoRA: it is kept out of the LoRA folder
     assert _lora_listing(d) == ["cat_content.safetensors", "cat_style.safetensors"]
 
 
@@ -332,7 +343,7 @@ def test_official_merger_file_reads_with_weights_only(tmp_path):
     assert set(mergers) == {"content"} and sorted(mergers["content"]) == sorted(PATHS)
     assert all(torch.equal(mergers["content"][p], v) for p, v in vecs.items())
     with pytest.raises(ValueError, match="out_merger_content.pth"):  # rank-sized (fork) mergers do not fit
-        LR.read_official_mergers(str(file), expected=LR.attention_shapes())
+        LR.read_official_mergers(str(file), expected=attention_shapes())
 
 
 class _Payload:
@@ -374,7 +385,7 @@ def test_sd15_lora_is_refused_against_sdxl_shapes(tmp_path):
     file = tmp_path / "sd15_style.safetensors"
     save_file(sd, str(file))
     lora = LR.read_lora(str(file))
-    for expected in (LR.attention_shapes(), TINY_SHAPES):
+    for expected in (attention_shapes(), TINY_SHAPES):
         with pytest.raises(ValueError, match=r"sd15_style\.safetensors.*attn2_to_k.*768"):
             LR.validate_against(lora, expected)
     # a layer SDXL does not have at all (SD1.5 has attention in down_blocks.0) is named too
@@ -384,14 +395,14 @@ def test_sd15_lora_is_refused_against_sdxl_shapes(tmp_path):
     sd2[next(iter(sd))] = torch.randn(RANK, 2048, generator=g)
     lora2 = LR.read_lora(sd2, source_name="mixed.safetensors")
     with pytest.raises(ValueError, match=r"mixed\.safetensors.*down_blocks_0_attentions_0"):
-        LR.validate_against(lora2, LR.attention_shapes())
+        LR.validate_against(lora2, attention_shapes())
     # positive control: a LoRA shaped for the tiny model passes against the tiny model
     good = LR.read_lora(LF.lora_to_kohya(_factors(TINY_SHAPES, 11)))
     LR.validate_against(good, TINY_SHAPES)
 
 
 def test_sdxl_name_table_covers_the_560_targets():
-    shapes = LR.attention_shapes()
+    shapes = attention_shapes()
     assert len(shapes) == 560
     assert shapes["input_blocks.4.1.transformer_blocks.0.attn2.to_k"] == (2048, 640)
     assert shapes["output_blocks.0.1.transformer_blocks.9.attn1.to_out.0"] == (1280, 1280)

@@ -151,7 +151,7 @@ def test_missing_or_misfit_files_are_named(tmp_path, tiny_sdxl):
     tensors[f"style.{path}.merger"] = torch.ones(5)
     os.remove(bad.bundle)
     save_file(tensors, bad.bundle, metadata=meta)
-    with pytest.raises(ValueError, match=rf"bad\.unziplora: the style merger of {path} has 5 entries"):
+    with pytest.raises(ValueError, match=rf"bad\.safetensors: the style merger of {path} has 5 entries"):
         apply_pair(tiny_sdxl, pairs.from_bundle(bad.bundle), mode="both")
 
 

@@ -97,3 +97,58 @@ def test_names_and_the_combined_prompt():
             check_name(bad)
     assert build_combined_prompt("A sks cat", "A cat in sketch style") == "A sks cat in sketch style"
     assert build_combined_prompt("A sks cat", "watercolor") == "A sks cat, watercolor"
+
+
+class _CountingClip:
+    """A CLIP whose output depends on the text, counting its encodes; patcher.patches_uuid as ComfyUI's."""
+
+    def __init__(self):
+        self.encodes = 0
+        self.patcher = types.SimpleNamespace(patches_uuid="p0")
+
+    def tokenize(self, text):
+        return text
+
+    def encode_from_tokens(self, text, return_pooled=True):
+        self.encodes += 1
+        g = torch.Generator().manual_seed(sum(map(ord, text + self.patcher.patches_uuid)))
+        return torch.randn(1, 77, 8, generator=g), torch.randn(1, 4, generator=g)
+
+
+def test_a_prompt_is_encoded_once_per_clip_and_its_patches():
+    """Runs re-encode the same prompts with the same CLIP (seeds, modes, resumes, the previews' content / style
+    prompts): seconds each on a CPU. Each distinct (CLIP, patches, text) is encoded once, with the same result."""
+    clip = _CountingClip()
+    first = encode_prompts(clip, "A sks cat in sketch style", "A sks cat", "A cat in sketch style")
+    assert clip.encodes == 3
+    again = encode_prompts(clip, "A sks cat in sketch style", "A sks cat", "A cat in sketch style")
+    assert clip.encodes == 3, "the same prompts were encoded again"
+    from unziplora_pack.training.data import encode_text
+
+    _, pooled = encode_text(clip, "A sks cat", "content_prompt")  # the preview's pooled content prompt
+    assert clip.encodes == 3, "the preview's content prompt was encoded again"
+    for a, b in zip((first.x, first.x_c, first.x_s, first.pooled), (again.x, again.x_c, again.x_s, again.pooled)):
+        assert torch.equal(a, b)
+    fresh = _CountingClip()
+    assert torch.equal(pooled, fresh.encode_from_tokens("A sks cat")[1])
+
+    encode_prompts(clip, "A sks dog in sketch style", "A sks dog", "A cat in sketch style")
+    assert clip.encodes == 5  # two new texts; the style prompt is known
+    clip.patcher.patches_uuid = "p1"  # a LoRA was added to this CLIP's patcher: everything is new
+    changed = encode_prompts(clip, "A sks cat in sketch style", "A sks cat", "A cat in sketch style")
+    assert clip.encodes == 8 and not torch.equal(changed.x, first.x)
+    other = _CountingClip()  # another CLIP object (a clone, another checkpoint): its own encodes
+    encode_prompts(other, "A sks cat in sketch style", "A sks cat", "A cat in sketch style")
+    assert other.encodes == 3
+
+
+def test_an_image_too_small_is_refused_before_any_prompt_is_encoded(tiny_sdxl, monkeypatch):
+    from unziplora_pack.training import host_ram, prepare
+
+    monkeypatch.setenv(host_ram.CHECK_ENV, "off")
+    clip = _CountingClip()
+    with pytest.raises(ValueError, match="shorter side must be at least 64"):
+        prepare.prepare_inputs(tiny_sdxl, clip, object(), torch.rand(1, 32, 200, 3), "a sks cat in sketch style",
+                               "a sks cat", "a cat in sketch style", TrainConfig(steps=4, sample_times=2),
+                               device="cpu")
+    assert clip.encodes == 0

@@ -44,8 +44,6 @@ def test_preview_rounds_after():
 
 def test_cancel_interrupts_a_preview_and_keeps_a_checkpoint(inputs, tmp_path):
     trainer = Trainer(inputs, CFG, checkpoint_dir=str(tmp_path / "ckpt"))
-    renderer = PreviewRenderer(inputs.preview, inputs, CFG, trainer.objective, trainer.device, trainer.dtype,
-                               str(tmp_path / "previews"), "unziplora/previews/job")
     stop = {"now": False}
     ticks = []
 
@@ -54,7 +52,9 @@ def test_cancel_interrupts_a_preview_and_keeps_a_checkpoint(inputs, tmp_path):
         if kind == "style" and i == 1:
             stop["now"] = True  # Cancel pressed while the style preview samples
 
-    renderer.should_stop, renderer.on_tick = (lambda: stop["now"]), on_tick
+    renderer = PreviewRenderer(inputs.preview, inputs, CFG, trainer.objective, trainer.device, trainer.dtype,
+                               str(tmp_path / "previews"), "unziplora/previews/job", should_stop=lambda: stop["now"],
+                               on_tick=on_tick)
     got = []
     with pytest.raises(JobCancelled):
         trainer.run(should_stop=lambda: stop["now"], previews=renderer, on_preview=got.extend)

@@ -1,5 +1,5 @@
 """A real ComfyUI server with this pack: it imports, runs a stock SDXL graph on the tiny checkpoint, rejects
-malformed prompts. Fixtures: tests/comfy_server.py (comfy_server, comfy_client, tiny_checkpoint)."""
+malformed prompts. Fixtures: tests/conftest.py (comfy_server, comfy_client, tiny_checkpoint; helpers in scripts/comfy_server.py)."""
 
 from __future__ import annotations
 

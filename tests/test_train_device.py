@@ -123,7 +123,7 @@ def test_job_trains_reserves_and_previews_on_its_own_device(tiny_sdxl, tmp_path,
     monkeypatch.setattr("unziplora_pack.training.service.VramReservation", reservation)
 
     class Renderer:
-        def __init__(self, preview, inputs, config, objective, device, *rest):
+        def __init__(self, preview, inputs, config, objective, device, *rest, **hooks):
             seen["previews"] = device
 
     monkeypatch.setattr("unziplora_pack.training.service.PreviewRenderer", Renderer)
@@ -142,3 +142,50 @@ def test_job_trains_reserves_and_previews_on_its_own_device(tiny_sdxl, tmp_path,
     assert seen["previews"] == torch.device("cpu")
     assert seen["reservation"] == (torch.device("cpu"), False, None)
     assert job.info["gpu_reserved"] == 0 and mm.EXTRA_RESERVED_VRAM == base
+
+
+class _Param:
+    """What make_room_for_training reads of a parameter: its size and where it sits (no CUDA needed)."""
+
+    def __init__(self, numel: int, element_size: int, device: torch.device):
+        self._n, self._e, self.device = numel, element_size, device
+
+    def numel(self):
+        return self._n
+
+    def element_size(self):
+        return self._e
+
+
+class _Copy:
+    def __init__(self, *params):
+        self._params = params
+
+    def parameters(self):
+        return iter(self._params)
+
+
+@pytest.mark.parametrize("where, asked", [
+    # a CUDA job's copy, made on its card by prepare_inputs (which made room for it first): only the job's
+    # activations / optimiser state (2x the weights) are asked for, not the weights a second time
+    (torch.device("cuda", 0), 2 * 3000),
+    # the copy is somewhere else (the CPU, another card): its weights too
+    (torch.device("cpu"), 3 * 3000),
+    (torch.device("cuda", 1), 3 * 3000),
+], ids=["copy-on-the-card", "copy-on-the-cpu", "copy-on-another-card"])
+def test_room_for_training_counts_the_copy_already_on_the_card(monkeypatch, mm, where, asked):
+    calls = []
+    monkeypatch.setattr(mm, "free_memory", lambda need, device, *a, **k: calls.append((need, device)))
+    monkeypatch.setattr(mm, "soft_empty_cache", lambda *a, **k: None)
+    copy = _Copy(_Param(1000, 2, where), _Param(500, 2, where))  # 3000 bytes of bf16 weights
+    train.make_room_for_training(copy, torch.device("cuda", 0))
+    assert calls == [(asked, torch.device("cuda", 0))]
+
+
+def test_room_for_training_leaves_a_cpu_job_alone(monkeypatch, mm):
+    calls = []
+    monkeypatch.setattr(mm, "free_memory", lambda *a, **k: calls.append(a))
+    monkeypatch.setattr(mm, "get_torch_device", lambda: torch.device("cpu"))
+    train.make_room_for_training(_Copy(_Param(1000, 4, torch.device("cpu"))))
+    train.make_room_for_training(_Copy(_Param(1000, 4, torch.device("cpu"))), torch.device("cpu"))
+    assert calls == []

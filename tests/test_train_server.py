@@ -28,6 +28,11 @@ def _sample_image(path: Path, size: int) -> None:
     mod.make_sketch(size, size).save(path)
 
 
+# The module's run: 64 px (a step is ~3x cheaper than at 128 and nothing here needs more), 16 steps so that a cancel
+# after step 5 still lands well before the end, previews at the last step.
+RUN = dict(resolution=64, steps=16, preview_every=16)
+
+
 def train_graph(ckpt: str, image: str = "cat.png", **overrides) -> dict:
     inputs = dict(model=["1", 0], clip=["1", 1], vae=["1", 2], image=["2", 0], content_prompt="A sks cat",
                   style_prompt="A cat in sketch style", combined_prompt="", name="cat", mode="unziplora", steps=12,
@@ -95,7 +100,7 @@ def finished_run(server, ckpt):
     client = server.client()
     with client.follow() as events:
         t0 = time.time()
-        pid = client.queue(train_graph(ckpt, preview_every=12))
+        pid = client.queue(train_graph(ckpt, **RUN))
         events.until_done(pid, timeout=120)
         prompt_s = time.time() - t0
         job_id = job_id_of(client.history(pid))
@@ -132,7 +137,7 @@ def test_unchanged_run_reuses_the_job_and_train_trains_again(finished_run, serve
     client = finished_run["client"]
     done = finished_run["job"]
     before = {j["id"] for j in client.get_json("/unziplora/jobs")["jobs"]}
-    graph = train_graph(ckpt, preview_every=12)  # exactly what finished_run queued
+    graph = train_graph(ckpt, **RUN)  # exactly what finished_run queued
     with client.follow() as events:
         first = client.queue(graph)  # the stock graph ran since: the node itself finds its job
         events.until_done(first, timeout=120)
@@ -145,7 +150,7 @@ def test_unchanged_run_reuses_the_job_and_train_trains_again(finished_run, serve
     assert "3" in cached, seen
     assert {j["id"] for j in client.get_json("/unziplora/jobs")["jobs"]} == before, "Run started a job"
 
-    forced = train_graph(ckpt, preview_every=12)
+    forced = train_graph(ckpt, **RUN)
     forced["3"]["inputs"]["unziplora_train"] = "train-again-1"  # what the panel's Train button adds
     with client.follow() as events:
         pid = client.queue(forced)
@@ -189,7 +194,7 @@ def test_previews_are_announced_and_served(finished_run):
 
     for p in job["previews"]:
         png = finished_run["client"].view(p["filename"], p["subfolder"], p["type"])
-        assert Image.open(BytesIO(png)).size == (128, 128)
+        assert Image.open(BytesIO(png)).size == (RUN["resolution"],) * 2
 
 
 def test_files_load_in_stock_loraloader_with_masks_baked(finished_run, server, ckpt):
@@ -238,7 +243,8 @@ def test_cancel_then_resume_matches_uninterrupted(finished_run, server, ckpt):
     reference = load_file(server.base_dir / finished_run["job"]["outputs"]["content"])
     workflow = {"extra_pnginfo": {"workflow": {"id": "workflow-a", "nodes": []}}}  # as the frontend sends it
     with client.follow() as events:
-        pid = client.queue(train_graph(ckpt, name="cat_resumed"), extra_data=workflow)
+        pid = client.queue(train_graph(ckpt, name="cat_resumed", **dict(RUN, preview_every=0)),
+                           extra_data=workflow)
         events.until_done(pid, timeout=120)
     job_id = job_id_of(client.history(pid))
     assert client.get_json(f"/unziplora/jobs/{job_id}")["info"]["workflow_id"] == "workflow-a"
@@ -247,7 +253,7 @@ def test_cancel_then_resume_matches_uninterrupted(finished_run, server, ckpt):
     assert status == 200 and cancelled["state"] in ("cancelling", "cancelled"), cancelled
     job = wait_job(client, job_id)
     assert job["state"] == "cancelled" and job["resumable"] and job["checkpoint"], job
-    assert 5 <= job["step"] < 12 and (server.base_dir / job["checkpoint"]).is_file()
+    assert 5 <= job["step"] < RUN["steps"] and (server.base_dir / job["checkpoint"]).is_file()
 
     with client.follow() as events:
         status, resumed = client.post_json(f"/unziplora/jobs/{job_id}/resume", {"client_id": client.client_id})
@@ -329,16 +335,17 @@ def test_restart_mid_run_shows_interrupted_and_resumes(tmp_path, tiny_checkpoint
     try:
         client = server.client()
         with client.follow() as events:
-            pid = client.queue(train_graph(tiny_checkpoint.name, name="restart", steps=16))
+            # a checkpoint at step 3; killed at step 4 or 5, before the next one (6)
+            pid = client.queue(train_graph(tiny_checkpoint.name, name="restart", steps=10, checkpoint_every=3))
             events.until_done(pid, timeout=120)
         job_id = job_id_of(client.history(pid))
-        wait_job(client, job_id, min_step=6)
+        wait_job(client, job_id, min_step=4)
         server.kill()
         server = server.restart()
         client = server.client()
         job = client.get_json(f"/unziplora/jobs/{job_id}")
         assert job["state"] == "interrupted" and job["resumable"], job
-        assert job["checkpoint"].endswith("step_000004.pt")
+        assert job["checkpoint"].endswith("step_000003.pt"), job
         with client.follow() as events:
             status, resumed = client.post_json(f"/unziplora/jobs/{job_id}/resume", {"client_id": client.client_id})
             assert status == 200, resumed

@@ -8,27 +8,10 @@ from __future__ import annotations
 
 import torch
 
-TINY_UNET_CONFIG = {
-    "use_checkpoint": False,
-    "image_size": 32,
-    "out_channels": 4,
-    "use_spatial_transformer": True,
-    "legacy": False,
-    "num_classes": "sequential",
-    "adm_in_channels": 2816,
-    "in_channels": 4,
-    "model_channels": 64,
-    "num_res_blocks": [2, 2, 2],
-    "transformer_depth": [0, 0, 1, 1, 1, 1],
-    "channel_mult": [1, 2, 2],
-    "transformer_depth_middle": 1,
-    "transformer_depth_output": [0, 0, 0, 1, 1, 1, 1, 1, 1],
-    "use_linear_in_transformer": True,
-    "context_dim": 2048,
-    "num_head_channels": 32,
-    "use_temporal_attention": False,
-    "use_temporal_resblock": False,
-}
+from comfy_server import _tiny_sdxl_module
+
+# one definition of every UNet config the tests build: scripts/tiny_sdxl.py (SDXL base, the tiny checkpoint, this)
+TINY_UNET_CONFIG = dict(_tiny_sdxl_module().TEST_UNET_CONFIG)
 
 
 def init_weights_(module: torch.nn.Module, seed: int = 0, std: float = 0.02) -> None:

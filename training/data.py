@@ -4,6 +4,9 @@ latent space and a fresh posterior sample is drawn every step)."""
 
 from __future__ import annotations
 
+import threading
+import weakref
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
@@ -43,24 +46,56 @@ class PromptStreams:
                              self.pooled.to(device=device, dtype=dtype))
 
 
+# Prompt encodings, remembered per CLIP object. A CPU encode of SDXL's two text encoders takes seconds, and runs
+# mostly re-encode the same prompts with the same CLIP (another seed, another mode, a resume, Run after an edit,
+# the previews' content / style prompts). ComfyUI never changes a CLIP's weights in place: a LoRA, a clip layer
+# or a hook makes a clone (a new object, or new patches_uuid), so (object, patches_uuid, layer, tokenizer options,
+# text) names one result, as ComfyUI's own cache assumes of CLIPTextEncode. Entries go with their CLIP object
+# (weak keys); at most _ENCODED_PER_CLIP per CLIP (~0.6 MB each for a one-chunk prompt).
+_ENCODED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_ENCODED_PER_CLIP = 16
+_ENCODED_LOCK = threading.Lock()
+
+
+def encode_text(clip, text: str, input_name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cond [1, 77k, 2048], pooled [1, 1280]) of one prompt as float tensors, which callers must not change
+    (they may be handed out again); tokens bounded as tokenize_bounded says."""
+    tokens = tokenize_bounded(clip, text, input_name)
+    options = getattr(clip, "tokenizer_options", None)
+    key = (getattr(getattr(clip, "patcher", None), "patches_uuid", None), getattr(clip, "layer_idx", None),
+           tuple(sorted(options.items())) if isinstance(options, dict) else None, text)
+    with _ENCODED_LOCK:
+        try:
+            memo = _ENCODED.setdefault(clip, OrderedDict())
+        except TypeError:  # not weakly referenceable (a stand-in): nothing is remembered
+            memo = None
+        if memo is not None and key in memo:
+            memo.move_to_end(key)
+            return memo[key]
+    cond, pooled = clip.encode_from_tokens(tokens, return_pooled=True)
+    value = (cond.detach().float().clone(), pooled.detach().float().clone())
+    if memo is not None:
+        with _ENCODED_LOCK:
+            memo[key] = value
+            while len(memo) > _ENCODED_PER_CLIP:
+                memo.popitem(last=False)
+    return value
+
+
 def encode_prompts(clip, prompt: str, content_prompt: str, style_prompt: str) -> PromptStreams:
     for name, text in (("prompt", prompt), ("content_prompt", content_prompt), ("style_prompt", style_prompt)):
         if not isinstance(text, str) or not text.strip():
             raise ValueError(f"{name} is empty: give a prompt (e.g. 'A sks cat' / 'A cat in sketch style')")
-    out = []
-    pooled = None
-    tokens = [tokenize_bounded(clip, text, name) for name, text in
-              (("combined_prompt", prompt), ("content_prompt", content_prompt), ("style_prompt", style_prompt))]
-    for chunk in tokens:
-        cond, p = clip.encode_from_tokens(chunk, return_pooled=True)
-        out.append(cond.detach().float().clone())
-        if pooled is None:
-            pooled = p.detach().float().clone()  # the UNet's pooled vector is the combined prompt's only
-    # Long prompts are 77 tokens per 75-word chunk. The streams are aligned to the combined prompt the way the
-    # inference patch aligns them (kv_patch.match_length): zero-padded, never longer, x itself untouched.
-    x = out[0]
-    x_c = match_length(out[1], x.shape[1], "content_prompt")
-    x_s = match_length(out[2], x.shape[1], "style_prompt")
+    # every prompt's length is checked before any is encoded
+    for name, text in (("combined_prompt", prompt), ("content_prompt", content_prompt), ("style_prompt", style_prompt)):
+        tokenize_bounded(clip, text, name)
+    (x, pooled), (c, _), (s, _) = (encode_text(clip, text, name) for name, text in (
+        ("combined_prompt", prompt), ("content_prompt", content_prompt), ("style_prompt", style_prompt)))
+    # the UNet's pooled vector is the combined prompt's only. Long prompts are 77 tokens per 75-word chunk. The
+    # streams are aligned to the combined prompt the way the inference patch aligns them (kv_patch.match_length):
+    # zero-padded, never longer, x itself untouched.
+    x_c = match_length(c, x.shape[1], "content_prompt")
+    x_s = match_length(s, x.shape[1], "style_prompt")
     return PromptStreams(x, x_c, x_s, pooled)
 
 

@@ -7,10 +7,9 @@ import os
 from dataclasses import asdict
 
 from ..unziplora.columns import effective_mask
-from ..unziplora.lora_files import RunInfo, save_unziplora, unique_name
+from ..unziplora.lora_files import BUNDLE_SUFFIX, RunInfo, save_unziplora, unique_name
 from ..unziplora.model_card import thumbnail_data_uri
 
-BUNDLE_EXT = ".safetensors"
 # modelspec.author of every file a run writes. A setting of the machine rather than a node input: it names the
 # person running ComfyUI, the same for all their runs (and a node input would be saved into shared workflows).
 AUTHOR_ENV = "UNZIPLORA_AUTHOR"
@@ -20,7 +19,7 @@ _PREVIEW_KIND = {"content": "content", "style": "style", "bundle": "combined"}
 
 def output_names(dirs, name: str, reserved=()) -> str:
     """The first name free for both LoRA files and the bundle, and not promised to a queued job."""
-    return unique_name(dirs.loras, name, also=[(dirs.bundles, BUNDLE_EXT)], reserved=set(reserved) - {None})
+    return unique_name(dirs.loras, name, also=[(dirs.bundles, BUNDLE_SUFFIX)], reserved=set(reserved) - {None})
 
 
 def split_run(lora):

@@ -170,14 +170,6 @@ def release_copy(unet: torch.nn.Module) -> None:
         unet.to("meta")
 
 
-def patched_unet_state_dict(model_patcher) -> dict[str, torch.Tensor]:
-    """The diffusion model's weights with the patcher's patches applied, as fresh (non-inference) tensors.
-    Holds a full copy: for tests and tools, not for the training path."""
-    patches = getattr(model_patcher, "patches", {}) or {}
-    with torch.inference_mode(False), torch.no_grad():
-        return {name: _fresh(model_patcher, name, t, patches) for name, t in _live_tensors(model_patcher)}
-
-
 def _fingerprint_sample(t: torch.Tensor) -> torch.Tensor:
     return t.detach().flatten()[:4096].to("cpu", torch.float32, copy=True).contiguous()
 

@@ -14,7 +14,7 @@ from ..unziplora.kv_patch import sdxl_y
 from ..unziplora.roles import get_mode
 from ..unziplora.targets import find_targets
 from .config import TrainConfig
-from .data import LatentPosteriors, PromptStreams, encode_posteriors, encode_prompts
+from .data import LatentPosteriors, PromptStreams, check_image, encode_posteriors, encode_prompts, encode_text
 from . import host_ram
 from .loop import TrainInputs, pick_precision, weight_dtype_of
 from .model_copy import private_unet_copy
@@ -106,6 +106,7 @@ def prepare_inputs(model_patcher, clip, vae, image: torch.Tensor, prompt: str, c
         raise ValueError("clip is missing: connect the checkpoint's CLIP so the three prompts can be encoded")
     if vae is None:
         raise ValueError("vae is missing: connect the checkpoint's VAE so the image can be encoded")
+    check_image(image)  # before the prompts: a CPU encode of them takes seconds, wasted on an image refused after
     key = ("streams", prompt, content_prompt, style_prompt)  # a batch's images mostly share their prompts
     streams = shared.get(key) if shared is not None else None
     if streams is None:
@@ -130,12 +131,12 @@ def prepare_inputs(model_patcher, clip, vae, image: torch.Tensor, prompt: str, c
         key = ("preview", content_prompt, style_prompt)
         cached = shared.get(key) if shared is not None else None
         if cached is None:
-            neg, neg_pooled = clip.encode_from_tokens(clip.tokenize(""), return_pooled=True)
-            neg_adm = time_ids_adm(model_patcher.model, _plain(neg_pooled.float()), config.resolution)
+            neg, neg_pooled = encode_text(clip, "", "negative prompt")
+            neg_adm = time_ids_adm(model_patcher.model, _plain(neg_pooled), config.resolution)
             own_adm = {}
             for role, text in (("content", content_prompt), ("style", style_prompt)):
-                _, pooled = clip.encode_from_tokens(clip.tokenize(text), return_pooled=True)
-                own_adm[role] = _plain(time_ids_adm(model_patcher.model, _plain(pooled.float()), config.resolution))
+                _, pooled = encode_text(clip, text, f"{role}_prompt")  # encoded above for the streams
+                own_adm[role] = _plain(time_ids_adm(model_patcher.model, _plain(pooled), config.resolution))
             cached = (neg, neg_adm, own_adm)
             if shared is not None:
                 shared[key] = cached

@@ -120,18 +120,19 @@ def euler_sample(model_fn, shape, objective: Objective, steps: int, cfg: float, 
 
 class PreviewRenderer:
     def __init__(self, preview: PreviewInputs, inputs, config, objective: Objective, device, dtype, out_dir: str,
-                 subfolder: str):
+                 subfolder: str, *, should_stop: Callable[[], bool] | None = None,
+                 on_tick: Callable[[str, int, int], None] | None = None,
+                 on_done: Callable[[float], None] | None = None):
+        """The job's hooks: should_stop() true ends a preview at its next sampling step (Cancel does not wait for
+        it); on_tick(kind, i, n) reports progress while sampling (the job's ETA and panel keep moving);
+        on_done(seconds) its cost."""
         self.p = preview
         self.inputs = inputs
         self.config = config
         self.objective = objective
         self.device, self.dtype = device, dtype
         self.out_dir, self.subfolder = out_dir, subfolder
-        # set by the job: a stop request ends a preview at its next sampling step; on_tick(kind, i, n) reports
-        # progress while sampling (the job's ETA and panel keep moving), on_done(seconds) its cost
-        self.should_stop: Callable[[], bool] | None = None
-        self.on_tick: Callable[[str, int, int], None] | None = None
-        self.on_done: Callable[[float], None] | None = None
+        self.should_stop, self.on_tick, self.on_done = should_stop, on_tick, on_done
 
     def _adm(self, kind: str, combined: torch.Tensor) -> torch.Tensor:
         own = {"content": self.p.content_adm, "style": self.p.style_adm}.get(kind)

@@ -159,9 +159,9 @@ class TrainingJob:
             return None
         renderer = PreviewRenderer(inputs.preview, inputs, config, trainer.objective, trainer.device,
                                    trainer.dtype, os.path.join(self.dirs.previews, ctx.job.id),
-                                   f"{self.dirs.previews_subfolder}/{ctx.job.id}")
-        renderer.should_stop = lambda: ctx.stop_requested  # Cancel does not wait for a preview
-        renderer.on_tick, renderer.on_done = ctx.preview_tick, ctx.preview_done
+                                   f"{self.dirs.previews_subfolder}/{ctx.job.id}",
+                                   should_stop=lambda: ctx.stop_requested, on_tick=ctx.preview_tick,
+                                   on_done=ctx.preview_done)
         ctx.previews_left = lambda step: preview_rounds_after(step, config)
         return renderer
 

@@ -113,10 +113,6 @@ def _add_to_comfy_reserve(delta: int) -> None:
         mm.EXTRA_RESERVED_VRAM = int(mm.EXTRA_RESERVED_VRAM) + int(delta)
 
 
-def comfy_reserved() -> int:
-    return int(_model_management().extra_reserved_memory())
-
-
 def device_total(device: torch.device) -> int:
     return int(_model_management().get_total_memory(device))
 

@@ -120,7 +120,3 @@ def disable_checkpointing(model) -> int:
             layer.__class__ = layer._ckpt_base
             n += 1
     return n
-
-
-def is_checkpointing(model) -> bool:
-    return any(isinstance(layer, _CheckpointedLayer) for layer in _block_layers(unet_of(model)))

@@ -63,10 +63,6 @@ class LoRAFactors(nn.Module):
         down, up = self.factors(masks_on, x.device, x.dtype)
         return F.linear(F.linear(x, down), up)
 
-    def dense_weight(self) -> torch.Tensor:
-        """B A as a dense matrix: for tests that check a delta against its definition (the pack never forms it)."""
-        return self.up @ self.down
-
     def baked_up(self) -> torch.Tensor:
         """B with the hard mask baked in (unselected rows zero) and the merger NOT baked: what is saved."""
         if self.mask_mode == "masked":

@@ -1,12 +1,11 @@
 """What a training run saves, and how, so that the files load anywhere and a crash never leaves half a set.
 
-For a run named NAME in DIRECTORY (normally models/loras/<pack>/):
-    NAME_content.safetensors   kohya keys with LDM names, alpha = rank (scale 1), hard mask baked into `up`:
-    NAME_style.safetensors     ordinary SDXL LoRAs for ComfyUI, A1111/Forge, kohya and diffusers
-    NAME.unziplora             safetensors bytes: mergers and masks per layer and side, the prompts, trigger words,
-                               mode and the two LoRA file names: what the combined mode needs. It is not a LoRA,
-                               so its extension keeps it out of ComfyUI's LoRA lists (folder_paths filters by
-                               extension; the format is sniffed from the bytes when read).
+For a run named NAME, with its LoRAs in DIRECTORY (models/loras/unziplora/) and its bundle in BUNDLE_DIRECTORY
+(models/unziplora/, a folder no LoRA list shows):
+    DIRECTORY/NAME_content.safetensors   kohya keys with LDM names, alpha = rank (scale 1), hard mask baked into
+    DIRECTORY/NAME_style.safetensors     `up`: ordinary SDXL LoRAs for ComfyUI, A1111/Forge, kohya and diffusers
+    BUNDLE_DIRECTORY/NAME.safetensors    the bundle: mergers and masks per layer and side, the prompts, trigger
+                                         words, mode and the two LoRA file names: what the combined mode needs.
 
 The trainer hands over plain tensors keyed by LDM path ("input_blocks.4.1.transformer_blocks.0.attn2.to_k"), so
 this module does not depend on its classes. Readers for other people's files live in lora_formats.py.
@@ -31,8 +30,8 @@ from .safe_load import load_tensors
 
 CONTENT_SUFFIX = "_content.safetensors"
 STYLE_SUFFIX = "_style.safetensors"
-BUNDLE_SUFFIX = ".unziplora"
-ALL_SUFFIXES = (CONTENT_SUFFIX, STYLE_SUFFIX, BUNDLE_SUFFIX)
+BUNDLE_SUFFIX = ".safetensors"  # in the bundle's own folder
+ALL_SUFFIXES = (CONTENT_SUFFIX, STYLE_SUFFIX)
 # Temps end in ".tmp" (not in folder_paths.supported_pt_extensions) and start with "." so no list shows them.
 TEMP_EXT = ".tmp"
 
@@ -228,10 +227,6 @@ class Bundle:
     metadata: dict
     source: str = ""
 
-    def lora_path(self, side: str) -> str:
-        """The side's LoRA file, next to the bundle (names are stored as basenames so folders can move)."""
-        return os.path.join(os.path.dirname(self.source), self.metadata[f"unziplora.{side}_lora"])
-
 
 def read_bundle(path: str) -> Bundle:
     tensors, metadata = load_tensors(path)
@@ -361,24 +356,20 @@ class SavedFiles:
     bundle: str
 
 
-def pair_paths(directory: str, stem: str, bundle_directory: str | None = None) -> tuple[str, str, str]:
-    """(content, style, bundle) paths of the pair named `stem`: the one place a pair's file names are made. The
-    bundle is STEM.safetensors in `bundle_directory` (the pack's model folder), else STEM.unziplora beside the
-    LoRAs."""
-    bundle = (os.path.join(directory, stem + BUNDLE_SUFFIX) if bundle_directory is None
-              else os.path.join(bundle_directory, stem + ".safetensors"))
-    return os.path.join(directory, stem + CONTENT_SUFFIX), os.path.join(directory, stem + STYLE_SUFFIX), bundle
+def pair_paths(directory: str, stem: str, bundle_directory: str) -> tuple[str, str, str]:
+    """(content, style, bundle) paths of the pair named `stem`: the one place a pair's file names are made."""
+    return (os.path.join(directory, stem + CONTENT_SUFFIX), os.path.join(directory, stem + STYLE_SUFFIX),
+            os.path.join(bundle_directory, stem + BUNDLE_SUFFIX))
 
 
 def save_unziplora(directory: str, name: str, content: Mapping, style: Mapping, info: RunInfo, *,
-                   mergers: Mapping | None = None, masks: Mapping | None = None,
-                   dtype: torch.dtype = torch.float16, bundle_directory: str | None = None,
-                   exact: bool = False) -> SavedFiles:
-    """Write NAME_content / NAME_style LoRAs and the bundle under the first NAME free in both folders.
+                   bundle_directory: str, mergers: Mapping | None = None, masks: Mapping | None = None,
+                   dtype: torch.dtype = torch.float16, exact: bool = False) -> SavedFiles:
+    """Write NAME_content / NAME_style LoRAs in `directory` and the bundle NAME.safetensors in `bundle_directory`
+    under the first NAME free in both folders.
 
-    The bundle is NAME.unziplora next to the LoRAs, or NAME.safetensors in `bundle_directory` (the pack's own
-    model folder, which no LoRA list shows). content/style: {ldm path: (down, up)} with the hard mask already
-    baked into up; mergers/masks: {side: {ldm path: vector [out]}}. Returns the final paths.
+    content/style: {ldm path: (down, up)} with the hard mask already baked into up; mergers/masks: {side: {ldm
+    path: vector [out]}}. Returns the final paths.
     exact: `name` was already chosen (and reserved) by the caller: write exactly it, and refuse (FileExistsError)
     rather than pick another name when a file under it appeared meanwhile.
     """
@@ -386,10 +377,8 @@ def save_unziplora(directory: str, name: str, content: Mapping, style: Mapping, 
     rank = max(ranks) if ranks else 0
     content_sd, style_sd = lora_to_kohya(content, dtype), lora_to_kohya(style, dtype)
     extra = bundle_tensors(mergers, masks)
-    bundle_dir = bundle_directory or directory
-    bundle_suffix = BUNDLE_SUFFIX if bundle_directory is None else ".safetensors"
     with _LOCK:
-        stem = name if exact else unique_name(directory, name, also=[(bundle_dir, bundle_suffix)])
+        stem = name if exact else unique_name(directory, name, also=[(bundle_directory, BUNDLE_SUFFIX)])
         info = replace(info, dataset_name=info.dataset_name or stem)
         c_path, s_path, b_path = pair_paths(directory, stem, bundle_directory)
         c_file, s_file, b_file = (os.path.basename(p) for p in (c_path, s_path, b_path))

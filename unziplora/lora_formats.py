@@ -347,21 +347,6 @@ def read_official_mergers(source, *, unet_config: Mapping | None = None, source_
 # ---------------------------------------------------------------------------------------------------- shapes
 
 
-def attention_shapes(unet_config: Mapping | None = None) -> dict[str, tuple[int, int]]:
-    """{ldm path: (in, out)} of every attention linear for a UNet config (default: SDXL base, 560 linears)."""
-    cfg = dict(unet_config or SDXL_UNET_CONFIG)
-    mult, ch, ctx = cfg["channel_mult"], cfg["model_channels"], cfg["context_dim"]
-    shapes = {}
-    for diff, ldm in name_table(cfg).diffusers_to_ldm.items():
-        if not is_attention_target(ldm):
-            continue
-        top, level = diff.split(".")[:2]
-        level = len(mult) - 1 if top == "mid_block" else int(level) if top == "down_blocks" else len(mult) - 1 - int(level)
-        width = ch * mult[level]
-        shapes[ldm] = (ctx if ldm.endswith(CROSS_KV) else width, width)
-    return shapes
-
-
 def shapes_from_model(model) -> dict[str, tuple[int, int]]:
     """{ldm path: (in, out)} read from a live diffusion model (a ModelPatcher, BaseModel or the UNet itself)."""
     unet = getattr(getattr(model, "model", model), "diffusion_model", getattr(model, "model", model))

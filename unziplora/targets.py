@@ -111,11 +111,6 @@ def find_targets(model) -> list[AttnTarget]:
     return out
 
 
-def blocks_of(targets) -> list[str]:
-    """Distinct SpatialTransformer paths, in order."""
-    return list(dict.fromkeys(t.block for t in targets))
-
-
 def kv_slots(targets: dict, dual_of) -> dict[tuple, dict]:
     """ComfyUI transformer key -> {"to_k": dual, "to_v": dual} over the attn2 K/V targets (path -> AttnTarget),
     for the K/V patches; dual_of(path) gives the layer's dual LoRA (trainable or loaded from files)."""

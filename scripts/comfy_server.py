@@ -1,4 +1,5 @@
-"""A live ComfyUI server for tests: start/stop helpers, an HTTP + websocket client, session fixtures.
+"""A live ComfyUI server for the tests, the main job and the benchmarks: start/stop helpers, an HTTP + websocket
+client (the pytest fixtures built on it are in tests/conftest.py).
 
     handle = start_server(make_base_dir(tmp, checkpoint=ensure_tiny_checkpoint()))
     client = handle.client()
