@@ -14,23 +14,21 @@ ever joined to a folder except a preview name that matched PREVIEW_NAME first.
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import json
 import os
 import re
 
-from aiohttp import ClientSession, web
+from aiohttp import web
 
 from ..training.batch import batch_views, valid_batch_id
-from ..unziplora.compat import prompt_server
 from .batch_run import BATCH_RESUME_KEY
-from .routes import BadRequest, _error, _job_or_404, _json_errors, _prompt_waiting, read_body
+from .routes import BadRequest, _error, _job_or_404, _json_errors, _prompt_waiting, post_prompt, read_body, \
+    resume_lock, resume_request
 from .runtime import service
 
 FILE_KINDS = ("content", "style", "bundle")
 PREVIEW_NAME = re.compile(r"\Astep_\d{1,9}_(content|style|combined)\.png\Z")  # \Z: "$" would accept a trailing newline
-_resume_lock: asyncio.Lock | None = None
 
 
 def _views() -> list[dict]:
@@ -66,19 +64,10 @@ async def cancel_batch(request: web.Request) -> web.Response:
 
 
 async def resume_batch(request: web.Request) -> web.Response:
-    global _resume_lock
-    if _resume_lock is None:
-        _resume_lock = asyncio.Lock()
-    view = _batch_or_404(request)
-    body = await read_body(request, allowed=("client_id",))
-    client_id = body.get("client_id")
-    if client_id is not None and (not isinstance(client_id, str) or len(client_id) > 200):
-        raise BadRequest("client_id must be a string of at most 200 characters, or null")
-    server = prompt_server()
-    if server is None:
-        return _error(503, "ComfyUI's prompt server is not running")
+    _batch_or_404(request)
+    client_id, server = await resume_request(request)
     manager = service().manager
-    async with _resume_lock:
+    async with resume_lock():
         view = _batch_or_404(request)
         if view["active"]:
             return _error(409, f"batch {view['id']} still has {len(view['active'])} queued or running job(s): "
@@ -103,25 +92,12 @@ async def resume_batch(request: web.Request) -> web.Response:
             pnginfo["workflow"] = {"id": first.info["workflow_id"]}
         payload = {"prompt": prompt, "client_id": client_id, "partial_execution_targets": [node_id],
                    "extra_data": {"extra_pnginfo": pnginfo}}
-        status, data = await _post_prompt(server, payload)
+        status, data = await post_prompt(server, payload)
         if status == 200 and isinstance(data, dict) and data.get("prompt_id"):
             for job in jobs:
                 manager.mark_resume_pending(job.id, data["prompt_id"])
             data["jobs"] = [j.id for j in jobs]
         return web.json_response(data, status=status)
-
-
-async def _post_prompt(server, payload: dict) -> tuple[int, dict]:
-    """Through ComfyUI's own /prompt over loopback: its validation, numbering and history, like any prompt."""
-    host = server.address if server.address not in (None, "", "0.0.0.0", "::") else "127.0.0.1"
-    host = host.split(",")[0]
-    url = f"http://{'[' + host + ']' if ':' in host else host}:{server.port}/prompt"
-    async with ClientSession() as session, session.post(url, json=payload) as resp:
-        try:
-            data = await resp.json(content_type=None)
-        except ValueError:
-            data = {"error": f"ComfyUI's /prompt answered {resp.status} without JSON"}
-        return resp.status, data
 
 
 # ---- a job's own files --------------------------------------------------------------------------------------

@@ -115,7 +115,8 @@ def load_image(path: str, shown: str) -> torch.Tensor:
 
 
 def start_items(items, batch_id, name, folder, is_resume, config, model, clip, vae, *, prompt, node_id,
-                workflow_id):
+                workflow_id, device=None, save_every=0):
+    """Starts one job per item, each with Train's later inputs too (device: None for ComfyUI's; save_every)."""
     svc = service()
     shared: dict = {}
     prepared = []
@@ -132,10 +133,11 @@ def start_items(items, batch_id, name, folder, is_resume, config, model, clip, v
                    "folder": folder})
         prepared.append((item, SharedBaseInputs(inputs.unet, **fields)))
     if shared.get("unet") is not None:
-        make_room_for_training(shared["unet"])
+        make_room_for_training(shared["unet"], device)
     base = base_model_name(prompt, node_id)
     jobs = []
     for item, inputs in prepared:
         jobs.append(svc.start(inputs, config, item["name"], resume_prompt=prompt, node_id=node_id,
-                              resume_job=item["resume_job"], base_name=base, workflow_id=workflow_id))
+                              resume_job=item["resume_job"], base_name=base, workflow_id=workflow_id,
+                              device=device, save_every=save_every))
     return jobs

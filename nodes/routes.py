@@ -173,19 +173,46 @@ def resume_extra(job) -> dict:
     return {"extra_pnginfo": pnginfo}
 
 
-async def resume_job(request: web.Request) -> web.Response:
+def resume_lock() -> asyncio.Lock:
+    """The one lock of every resume route (a job's, a batch's): a job's Resume and its batch's "resume all" posted
+    at once cannot both queue that job again."""
     global _resume_lock
     if _resume_lock is None:
         _resume_lock = asyncio.Lock()
-    job = _job_or_404(request)
+    return _resume_lock
+
+
+async def resume_request(request: web.Request):
+    """(client_id, prompt server) of a resume POST: the body may hold only client_id; 503 without a server."""
     body = await read_body(request, allowed=("client_id",))
     client_id = body.get("client_id")
     if client_id is not None and (not isinstance(client_id, str) or len(client_id) > MAX_CLIENT_ID):
         raise BadRequest(f"client_id must be a string of at most {MAX_CLIENT_ID} characters, or null")
     server = prompt_server()
     if server is None:
-        return _error(503, "ComfyUI's prompt server is not running")
-    async with _resume_lock:
+        raise web.HTTPServiceUnavailable(text=json.dumps({"error": "ComfyUI's prompt server is not running"}),
+                                         content_type="application/json")
+    return client_id, server
+
+
+async def post_prompt(server, payload: dict) -> tuple[int, dict]:
+    """Queues through ComfyUI's own /prompt over loopback (its validation, numbering and history, like any
+    prompt): (status, answer)."""
+    host = server.address if server.address not in (None, "", "0.0.0.0", "::") else "127.0.0.1"
+    host = host.split(",")[0]
+    url = f"http://{'[' + host + ']' if ':' in host else host}:{server.port}/prompt"
+    async with ClientSession() as session, session.post(url, json=payload) as resp:
+        try:
+            data = await resp.json(content_type=None)
+        except ValueError:
+            data = {"error": f"ComfyUI's /prompt answered {resp.status} without JSON"}
+        return resp.status, data
+
+
+async def resume_job(request: web.Request) -> web.Response:
+    job = _job_or_404(request)
+    client_id, server = await resume_request(request)
+    async with resume_lock():
         if job.continued_by:
             return _error(409, f"job {job.id} was already resumed: it continues as job {job.continued_by}",
                           continued_by=job.continued_by, job=_public(job))
@@ -196,21 +223,13 @@ async def resume_job(request: web.Request) -> web.Response:
             prompt = resume_prompt_for(job)
         except ValueError as e:
             return _error(409, str(e), job=_public(job))
-        # Queue it through ComfyUI's own /prompt handler (validation, numbering, history) over loopback.
-        host = server.address if server.address not in (None, "", "0.0.0.0", "::") else "127.0.0.1"
-        host = host.split(",")[0]
-        url = f"http://{'[' + host + ']' if ':' in host else host}:{server.port}/prompt"
         # only the train node's branch: other outputs of the recorded workflow are not run again
         payload = {"prompt": prompt, "client_id": client_id, "partial_execution_targets": [str(job.info.get("node_id"))],
                    "extra_data": resume_extra(job)}
-        async with ClientSession() as session, session.post(url, json=payload) as resp:
-            try:
-                data = await resp.json(content_type=None)
-            except ValueError:
-                data = {"error": f"ComfyUI's /prompt answered {resp.status} without JSON"}
-            if resp.status == 200 and isinstance(data, dict) and data.get("prompt_id"):
-                service().manager.mark_resume_pending(job.id, data["prompt_id"])
-            return web.json_response(data, status=resp.status)
+        status, data = await post_prompt(server, payload)
+        if status == 200 and isinstance(data, dict) and data.get("prompt_id"):
+            service().manager.mark_resume_pending(job.id, data["prompt_id"])
+        return web.json_response(data, status=status)
 
 
 def register_routes() -> None:

@@ -7,6 +7,7 @@ import uuid
 
 from comfy_api.latest import io
 
+from ..unziplora import compat
 from ..unziplora.roles import MODES
 from .batch_run import plan_items, start_items
 from .train import UnZipLoRATrain, train_config, train_queue_check, workflow_id_of
@@ -88,8 +89,9 @@ class UnZipLoRATrainFolder(io.ComfyNode):
     def execute(cls, model, clip, vae, folder, content_prompt, style_prompt, combined_prompt, name, mode, steps, rank,
                 lr_content, lr_style, lr_merger, column_ratio, selections, orth_lambda, resolution, seed,
                 checkpoint_every, preview_every, preview_steps, gradient_checkpointing, precision,
-                preset="auto", **_ignored) -> io.NodeOutput:
+                preset="auto", device=compat.DEFAULT_DEVICE, save_every=0, **_ignored) -> io.NodeOutput:
         check_inputs(cls, locals())
+        train_device = compat.resolve_device(device)  # None: ComfyUI's own device; every job of the batch on it
         config = train_config(locals())
         name = check_name(name)
         items, batch_id, resumes = plan_items(folder, name, content_prompt, style_prompt, combined_prompt,
@@ -99,7 +101,8 @@ class UnZipLoRATrainFolder(io.ComfyNode):
             check_prompts(item["prompts"]["content"], item["prompts"]["style"], separation)
         jobs = start_items(items, batch_id, name, folder, resumes, config, model, clip, vae,
                            prompt=cls.hidden.prompt, node_id=cls.hidden.unique_id,
-                           workflow_id=workflow_id_of(cls.hidden.extra_pnginfo))
+                           workflow_id=workflow_id_of(cls.hidden.extra_pnginfo), device=train_device,
+                           save_every=save_every)
         ids = [j.id for j in jobs]
         ui = {"unziplora_batch": [batch_id]}
         return io.NodeOutput(batch_id, "\n".join(ids), "\n".join(j.info["output_name"] for j in jobs), ui=ui)

@@ -218,7 +218,10 @@ def test_sample_image_installed_on_a_fresh_install(server):
 # templates that need a model the tiny test set-up cannot provide (they still must open clean, above)
 NEEDS_OTHER_MODELS = {"Seeds - score the three runs and pick the best":
                       "needs a CLIP Vision model; ComfyUI's CLIPVisionLoader cannot load a tiny one (Score itself is "
-                      "tested through ComfyUI's CLIP-Vision code in tests/test_score.py)"}
+                      "tested through ComfyUI's CLIP-Vision code in tests/test_score.py)",
+                      "Train a pair for every image in a folder":
+                      "Score needs a CLIP Vision model (as above); the folder batch itself runs in "
+                      "tests/test_browser_batch.py and tests/test_batch_server.py"}
 ORDERED = [TRAIN_TEMPLATE] + [t for t in TEMPLATES if t != TRAIN_TEMPLATE]  # the others use what Train writes
 
 
@@ -238,7 +241,8 @@ def test_template_opens_clean(session, name):
         page.wait_for_timeout(1500)
         dialogs = page.evaluate("() => [...document.querySelectorAll('.p-dialog')].map((d) => d.innerText.slice(0, 300))")
         assert all("CLIP-ViT-H-14" in d for d in dialogs if d.strip()), dialogs
-        shot_page(page, "template_score_missing_clip_vision.png")
+        shot_page(page, "template_score_missing_clip_vision.png" if name.startswith("Seeds")
+                  else "template_folder_missing_clip_vision.png")
         for _ in range(3):
             if not page.locator(".p-dialog").count():
                 break
@@ -293,13 +297,7 @@ def layout_problems(drawn: dict, ids=None, tol: float = 1.0) -> list[str]:
 VUE_SETTING = "Comfy.VueNodes.Enabled"
 
 
-# The shipped templates were laid out with classic sizes; scripts/make_workflows.py now lays them out with the
-# larger of the classic and Nodes 2.0 sizes, but they could not be re-rendered in the session that wrote this
-# (the shared machine was held by a full-size run). Remove the mark once they are.
-NODES2_LAYOUT_PENDING = pytest.mark.xfail(reason="templates not yet re-rendered with Nodes 2.0 sizes", strict=False)
-
-
-@pytest.mark.parametrize("vue", [False, pytest.param(True, marks=NODES2_LAYOUT_PENDING)], ids=["classic", "nodes2"])
+@pytest.mark.parametrize("vue", [False, True], ids=["classic", "nodes2"])
 def test_templates_do_not_overlap(session, vue):
     """Every template, drawn by the classic canvas and by Nodes 2.0: no two nodes overlap, every node sits in a
     group (issue 21.5: Nodes 2.0 draws nodes taller than their classic size)."""
@@ -325,8 +323,11 @@ def test_templates_do_not_overlap(session, vue):
             found = layout_problems(drawn)
             if found:
                 problems[name] = found
+            renderer = "nodes2" if vue else "classic"
             if name == TRAIN_TEMPLATE:
-                shot(page, f"template_train_{'nodes2' if vue else 'classic'}.png")
+                shot(page, f"template_train_{renderer}.png")
+            elif name.startswith("Compare"):  # the whole template: each group holds its Train node (issue 21.8)
+                shot_page(page, f"template_compare_{renderer}.png")
     finally:
         page.evaluate("([id]) => window.app.extensionManager.setting.set(id, false)", [VUE_SETTING])
     assert not problems, problems
@@ -379,6 +380,27 @@ def test_outputs_are_named(session):
     widgets = page.evaluate("() => window.app.graph.nodes.find((n) => n.type === 'UnZipLoRATrain').widgets"
                             ".map((w) => w.name)")
     assert "resume_from" not in widgets, widgets
+
+
+def test_browse_templates_lists_train_first(session):
+    """Issue 21.8: the server lists a pack's templates in directory order (Train came third here) and both
+    frontends keep it; web/unziplora_templates.js puts Train, which every other template needs, first."""
+    page = session["page"]
+    names = page.evaluate("async (pack) => (await window.app.api.getWorkflowTemplates())[pack]", PACK_FOLDER)
+    assert names[0] == TRAIN_TEMPLATE and sorted(names) == TEMPLATES, names
+    page.evaluate("() => window.app.extensionManager.command.execute('Comfy.BrowseTemplates')")
+    page.wait_for_selector(TEMPLATES_DIALOG, state="visible", timeout=20_000)
+    page.wait_for_timeout(1000)
+    pack = page.locator(f"{TEMPLATES_DIALOG} >> text={PACK_FOLDER}")
+    if pack.count():  # the pack's own category, where it has one
+        pack.first.click()
+        page.wait_for_timeout(1000)
+    shot_page(page, "browse_templates.png")
+    text = page.evaluate("(sel) => document.querySelector(sel)?.innerText ?? ''", TEMPLATES_DIALOG)
+    shown = sorted((text.find(n), n) for n in TEMPLATES if text.find(n) >= 0)
+    close_templates_dialog(page, timeout=10)
+    if shown:  # on screen, where the dialog lists them as text: Train first of ours
+        assert shown[0][1] == TRAIN_TEMPLATE, shown
 
 
 def test_stock_run_shows_queued_and_the_height_stays(session):
@@ -553,10 +575,33 @@ def test_nodes_2_panel_and_small_floats(session):
                       " window.app.graph.setDirtyCanvas(true, true); }")
         page.wait_for_timeout(800)
         shot_page(page, "use_it_nodes2.png")
-        if problems:  # seen on 1.32.9: positions set on the graph's nodes do not move the Vue nodes; open in issue 21
-            pytest.xfail(f"known, open (issue 21): Use it in Nodes 2.0 leaves its nodes stacked: {problems[:3]}")
+        # 1.32.9 draws Vue nodes from its layout store, which node.pos alone does not move: the nodes stayed
+        # stacked at the top left while their group was drawn beside the train node (issue 21.5)
+        assert not problems, problems
     finally:
         page.evaluate("(id) => window.app.extensionManager.setting.set(id, false)", setting)
+
+
+def test_inspect_reads_at_the_size_it_is_added_at(session):
+    """Issue 21.8: Inspect added from the library was the stock ~225 px node, its 1200 px map drawn too small to
+    read. It starts at 760 x 720 now; with a trained bundle the map is run and shown (screenshot)."""
+    page, server = session["page"], session["server"]
+    size = page.evaluate("() => [...window.LiteGraph.createNode('UnZipLoRAInspect').size]")
+    assert size[0] >= 760 and size[1] >= 720, size
+    done = [j for j in server.client().get_json("/unziplora/jobs")["jobs"]
+            if j["state"] == "done" and (j.get("outputs") or {}).get("bundle")]
+    if not done:
+        return  # run alone: no pair trained yet in this session (the Train runs before this one train some)
+    bundle = Path(done[0]["outputs"]["bundle"]).name
+    page.evaluate("""(bundle) => { const g = window.app.graph; g.clear();
+        const loader = window.LiteGraph.createNode('UnZipLoRALoader'); loader.pos = [20, 80]; g.add(loader);
+        loader.widgets[0].value = bundle;
+        const inspect = window.LiteGraph.createNode('UnZipLoRAInspect'); inspect.pos = [420, 80]; g.add(inspect);
+        loader.connect(0, inspect, 0);
+        const c = window.app.canvas; c.ds.scale = 1; c.ds.offset = [0, 0]; g.setDirtyCanvas(true, true); }""", bundle)
+    queue_and_wait(page, server)
+    page.wait_for_timeout(1500)
+    shot_page(page, "inspect_default_size.png")
 
 
 def test_no_page_or_pack_errors(session):

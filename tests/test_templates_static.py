@@ -133,3 +133,13 @@ def test_help_page_reads_in_a_narrow_panel(path):
     if path.stem == "UnZipLoRATrain":
         assert text.count("\n## The panel\n") == 1 and "sparkline" not in text
 
+
+
+def test_every_template_has_its_place_in_browse_templates():
+    """web/js/templates.js lists the templates Train first (the server's glob order put it third); a template
+    the list lacks would go last, after the ones that need it."""
+    order = re.findall(r'^\s+"([^"]+)",$', (REPO / "web" / "js" / "templates.js").read_text(), re.M)
+    names = set(make_workflows.WORKFLOWS) | set(make_workflows.OPTIONAL_WORKFLOWS)
+    assert names <= set(order), sorted(names - set(order))
+    assert {p.stem for p in TEMPLATES} <= set(order)
+    assert order[0] == make_workflows.TRAIN

@@ -56,6 +56,8 @@ class JobContext:
         self.preview_seconds = 0.0  # wall time spent rendering previews so far
         self.previews_rendered = 0
         self.previews_left: Callable[[int], int] | None = None  # step -> preview rounds still to come
+        # before the first round is measured: what one round costs, in training steps (service.preview_round_steps)
+        self.preview_round_steps: float = 0.0
 
     def check_stop(self) -> None:
         if self.stop_event.is_set():
@@ -80,7 +82,7 @@ class JobContext:
             # training steps at their own pace, plus the previews still to come at theirs (a preview round can
             # take as long as many steps: an average over both would be wrong until late in the run)
             train_s = max(1e-6, now - self._t0 - self.preview_seconds)
-            job.eta_s = (total - step) * train_s / done + self._previews_eta(step)
+            job.eta_s = (total - step) * train_s / done + self._previews_eta(step, train_s / done)
         job.info.pop("activity", None)
         self._last_step_at = now
         # events every step for small jobs, at most ~4 per second otherwise; the file at most every 2 s
@@ -89,10 +91,14 @@ class JobContext:
             self._m.announce(job)
         self._m.persist(throttle=True)
 
-    def _previews_eta(self, step: int) -> float:
-        if not self.previews_rendered or self.previews_left is None:
+    def _previews_eta(self, step: int, step_s: float) -> float:
+        """The preview rounds still to come: at their measured cost once one has rendered, before that at the
+        estimated number of training steps a round costs (step_s: the seconds of one training step)."""
+        if self.previews_left is None:
             return 0.0
-        return self.previews_left(step) * self.preview_seconds / self.previews_rendered
+        per_round = (self.preview_seconds / self.previews_rendered if self.previews_rendered
+                     else self.preview_round_steps * step_s)
+        return self.previews_left(step) * per_round
 
     def preview_tick(self, kind: str, i: int, n: int) -> None:
         """A preview is sampling: say so, and let the ETA count down meanwhile (at most ~4 events a second)."""

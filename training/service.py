@@ -79,6 +79,15 @@ def preview_rounds_after(step: int, config: TrainConfig) -> int:
     return (total // every - step // every) + (0 if total % every == 0 else 1)
 
 
+def preview_round_steps(config: TrainConfig, checkpointing: str = "off") -> float:
+    """What one preview round costs in training steps, before one is measured: three images (content, style,
+    combined) of preview_steps sampling steps, each two UNet forwards (cond + uncond) at the training resolution,
+    against a training step's forward and backward (~3 forwards; ~4 when every block is checkpointed, which runs
+    the forward twice). The VAE decodes are left out (small beside the UNet at SDXL sizes)."""
+    train_forwards = 4.0 if checkpointing == "all" else 3.0
+    return 3 * 2 * config.preview_steps / train_forwards
+
+
 class TrainingService:
     def __init__(self, manager: JobManager, dirs: OutputDirs, device: torch.device | None = None):
         self.manager = manager
@@ -163,6 +172,7 @@ class TrainingJob:
                                    should_stop=lambda: ctx.stop_requested, on_tick=ctx.preview_tick,
                                    on_done=ctx.preview_done)
         ctx.previews_left = lambda step: preview_rounds_after(step, config)
+        ctx.preview_round_steps = preview_round_steps(config, getattr(trainer, "checkpointing", "off"))
         return renderer
 
     def train(self, ctx: JobContext, trainer: Trainer, renderer, reservation, device):

@@ -15,6 +15,8 @@ import { JobStore } from "./js/store.js";
 import { TrainPanel } from "./js/panel.js";
 import { viewQuery } from "./js/format.js";
 import { addUseGraph } from "./js/usegraph.js";
+import { execIdOf as execIdIn, hideUiKeyInHistory, nodeForExecId as nodeIn, rootGraph as rootGraphOf, workflowIdOf }
+  from "./js/graph.js";
 
 const NODE_TYPE = "UnZipLoRATrain";
 const EVENT = "unziplora.progress";
@@ -37,34 +39,9 @@ function loadStyles() {
 
 // ---- graph helpers ----------------------------------------------------------------------------------------
 
-function rootGraph() {
-  return app.rootGraph ?? app.graph;
-}
-
-/** The node's execution id ("3", or "12:3" for a node inside subgraph node 12), or null if not in the graph. */
-function execIdOf(node) {
-  const root = rootGraph();
-  if (!root || !node?.graph) return null;
-  const search = (graph, prefix, depth) => {
-    for (const n of graph.nodes ?? graph._nodes ?? []) {
-      if (n === node) return prefix + String(n.id);
-      if (n.subgraph && depth < 8) {
-        const found = search(n.subgraph, `${prefix}${n.id}:`, depth + 1);
-        if (found) return found;
-      }
-    }
-    return null;
-  };
-  return search(root, "", 0);
-}
-
-const NIL_ID = "00000000-0000-0000-0000-000000000000"; // litegraph's "no id" (graphs made by loadApiJson)
-
-/** The open workflow's id: the frontend sends it with every prompt (extra_pnginfo.workflow.id). */
-function workflowId() {
-  const id = rootGraph()?.id;
-  return id && id !== NIL_ID ? id : null;
-}
+const rootGraph = () => rootGraphOf(app);
+const execIdOf = (node) => execIdIn(app, node);
+const workflowId = () => workflowIdOf(app);
 
 /** Whether a job was started from the open workflow (jobs recorded without a workflow id match any). */
 function fromThisWorkflow(job) {
@@ -78,18 +55,7 @@ function nodeForJob(job) {
   return fromThisWorkflow(job) ? nodeForExecId(job?.info?.node_id) : null;
 }
 
-function nodeForExecId(execId) {
-  let graph = rootGraph();
-  if (!graph || execId === undefined || execId === null) return null;
-  const parts = String(execId).split(":");
-  let node = null;
-  for (let i = 0; i < parts.length; i++) {
-    node = graph?.getNodeById?.(parts[i]) ?? null;
-    if (!node) return null;
-    if (i < parts.length - 1) graph = node.subgraph;
-  }
-  return node;
-}
+const nodeForExecId = (execId) => nodeIn(app, execId);
 
 function redraw() {
   if (app.canvas?.setDirty) app.canvas.setDirty(true, true);
@@ -206,26 +172,10 @@ function markQueued(output, partialTargets) {
   return marked;
 }
 
-// The train node's ui output ({unziplora_job: [id]}) links the panel to its job; the queue panel (1.32.9) would
-// list it as a result file. Hide it there: the history the queue reads is the only place it is dropped.
+// The train node's ui output ({unziplora_job: [id]}) links the panel to its job; the queue panel would list it
+// as a result file.
 const JOB_KEY = "unziplora_job";
-if (typeof api.getHistory === "function") {
-  const originalGetHistory = api.getHistory;
-  api.getHistory = async function (...args) {
-    const data = await originalGetHistory.apply(this, args);
-    try {
-      // 1.32: {History: [...]}; 1.58: a list of jobs, whose outputs (where present) are tidied the same way
-      for (const item of Array.isArray(data) ? data : data?.History ?? []) {
-        for (const out of Object.values(item?.outputs ?? {})) {
-          if (out && typeof out === "object" && JOB_KEY in out) delete out[JOB_KEY];
-        }
-      }
-    } catch (err) {
-      console.warn("[UnZipLoRA] could not tidy the history:", err);
-    }
-    return data;
-  };
-}
+hideUiKeyInHistory(api, JOB_KEY);
 
 // The panel's Train button trains again even when nothing changed: the train node gets a fresh value under this
 // key in the queued prompt, which ComfyUI's cache sees (the stock Run, without it, reuses an unchanged node's job;

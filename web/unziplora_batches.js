@@ -7,6 +7,7 @@ import { api } from "../../scripts/api.js";
 
 import { BatchStore, batchCard, batchSection } from "./js/batches.js";
 import { el } from "./js/format.js";
+import { execIdOf, hideUiKeyInHistory, workflowIdOf } from "./js/graph.js";
 import { sidebarSections } from "./js/sidebar.js";
 
 const NODE_TYPE = "UnZipLoRATrainFolder";
@@ -41,35 +42,17 @@ sidebarSections.push(batchSection(store, actions));
 api.addEventListener("unziplora.progress", () => store.soon());
 api.addEventListener("reconnected", () => store.refresh());
 
-function workflowId() {
-  return app.graph?.extra?.workflow_id ?? app.extensionManager?.workflow?.activeWorkflow?.activeState?.id ?? null;
-}
-
 function drawPanel(entry) {
-  const batch = (entry.batchId && store.get(entry.batchId)) || store.latestForNode(entry.node.id, workflowId());
+  // the job records its node by execution id ("12:5" inside subgraph 12), as Train's panel looks it up
+  const nodeId = execIdOf(app, entry.node) ?? entry.node.id;
+  const batch = (entry.batchId && store.get(entry.batchId)) || store.latestForNode(nodeId, workflowIdOf(app));
   entry.element.replaceChildren(batch ? batchCard(batch, actions)
     : el("div", { class: "uzl-empty" }, "No batch yet: queue the workflow to train one pair per image of the folder."));
 }
 
 store.subscribe(() => panels.forEach(drawPanel));
 
-// the queue panel lists every ui key as a result file: hide ours (as unziplora.js does for the job key)
-if (typeof api.getHistory === "function") {
-  const originalGetHistory = api.getHistory;
-  api.getHistory = async function (...args) {
-    const data = await originalGetHistory.apply(this, args);
-    try {
-      for (const item of Array.isArray(data) ? data : data?.History ?? []) {
-        for (const out of Object.values(item?.outputs ?? {})) {
-          if (out && typeof out === "object" && BATCH_KEY in out) delete out[BATCH_KEY];
-        }
-      }
-    } catch (err) {
-      console.warn("[UnZipLoRA] could not tidy the history:", err);
-    }
-    return data;
-  };
-}
+hideUiKeyInHistory(api, BATCH_KEY); // a batch id, not a result file
 
 app.registerExtension({
   name: "UnZipLoRA.TrainFolder",

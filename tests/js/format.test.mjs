@@ -3,7 +3,7 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 
 import {
-  basename, formatBytes, formatDuration, formatLoss, formatSpeed, isActive, latestPreviews, outputRows, percent,
+  basename, formatBytes, formatDuration, formatLoss, formatSpeed, isActive, jobExtras, latestPreviews, outputRows, percent,
   shortDir, viewQuery,
 } from "../../web/js/format.js";
 
@@ -50,4 +50,16 @@ test("paths, progress, outputs and previews", () => {
   assert.deepEqual(latestPreviews(previews).map((p) => p.filename), ["c2.png", "s1.png", "m.png", "e.png"]);
   assert.equal(viewQuery({ filename: "a b.png", subfolder: "unziplora/previews" }),
     "/view?filename=a+b.png&subfolder=unziplora%2Fpreviews&type=output");
+});
+
+test("the sidebar names what its delete button removes: checkpoints, and the step LoRAs when there are some", () => {
+  assert.equal(jobExtras({ checkpoint_bytes: 0 }), null);
+  assert.equal(jobExtras({}), null);
+  const plain = jobExtras({ checkpoint_bytes: 2048, resumable: true, info: {} });
+  assert.equal(plain.meta, "checkpoints 2.0 KB");
+  assert.equal(plain.title, "Delete this job's checkpoints (2.0 KB); its final LoRAs are kept; it can no longer be resumed");
+  const steps = jobExtras({ checkpoint_bytes: 3 * 1024 * 1024, resumable: false,
+    info: { step_files: { 100: { content: "a" }, 200: { content: "b" } } } });
+  assert.equal(steps.meta, "checkpoints and 2 step LoRA pairs 3.0 MB");
+  assert.equal(steps.title, "Delete this job's checkpoints and 2 step LoRA pairs (3.0 MB); its final LoRAs are kept");
 });

@@ -121,6 +121,19 @@ export function shortDir(path, keep = 3) {
 }
 
 /** 12345678 -> "11.8 MB". */
+/** What a job keeps besides its final LoRAs (checkpoint_bytes: its checkpoints and the LoRAs save_every wrote)
+ * and what the sidebar's delete button removes: {meta, title}; null when it keeps nothing. */
+export function jobExtras(job) {
+  const bytes = Number.isFinite(job?.checkpoint_bytes) ? job.checkpoint_bytes : null;
+  if (!bytes) return null;
+  const stepCount = Object.keys(job.info?.step_files ?? {}).length;
+  const what = stepCount ? `checkpoints and ${stepCount} step LoRA ${stepCount === 1 ? "pair" : "pairs"}` : "checkpoints";
+  const size = formatBytes(bytes);
+  const title = `Delete this job's ${what} (${size}); its final LoRAs are kept`
+    + (job.resumable ? "; it can no longer be resumed" : "");
+  return { meta: `${what} ${size}`, title };
+}
+
 export function formatBytes(bytes) {
   if (!Number.isFinite(bytes) || bytes < 0) return "";
   const units = ["B", "KB", "MB", "GB", "TB"];

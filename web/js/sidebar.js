@@ -9,6 +9,7 @@ import {
   formatDuration,
   formatLoss,
   isActive,
+  jobExtras,
   outputRows,
   percent,
 } from "./format.js";
@@ -92,8 +93,8 @@ function jobCard(job, actions, wasResumed) {
   if (job.info?.node_id) meta.push(`node #${job.info.node_id}`);
 
   // checkpoint_bytes / DELETE .../checkpoints come with newer servers: without them nothing is shown
-  const ckptBytes = Number.isFinite(job.checkpoint_bytes) ? job.checkpoint_bytes : null;
-  if (ckptBytes) meta.push(`checkpoints ${formatBytes(ckptBytes)}`);
+  const extras = jobExtras(job);
+  if (extras) meta.push(extras.meta);
 
   const buttons = [];
   if (isActive(job)) {
@@ -113,12 +114,11 @@ function jobCard(job, actions, wasResumed) {
     }, el("i", { class: "pi pi-map-marker" }), "Node"));
   }
 
-  if (ckptBytes && !isActive(job) && actions.deleteCheckpoints) {
+  if (extras && !isActive(job) && actions.deleteCheckpoints) {
     buttons.push(el("button", {
-      class: "uzl-btn uzl-btn-small", type: "button", "data-action": "delete-checkpoints",
-      title: `Delete this job's checkpoints (${formatBytes(ckptBytes)})${job.resumable ? "; it can no longer be resumed" : ""}`,
-      onclick: () => actions.deleteCheckpoints(job),
-    }, el("i", { class: "pi pi-trash" }), formatBytes(ckptBytes)));
+      class: "uzl-btn uzl-btn-small", type: "button", "data-action": "delete-checkpoints", title: extras.title,
+      "aria-label": extras.title, onclick: () => actions.deleteCheckpoints(job),
+    }, el("i", { class: "pi pi-trash" }), formatBytes(job.checkpoint_bytes)));
   }
 
   const files = job.state === "done" ? outputRows(job) : [];

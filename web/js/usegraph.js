@@ -109,6 +109,18 @@ export function renderedSize(app, node) {
   return [Math.max(size[0], r.width / scale), Math.max(size[1], r.height / scale - TITLE)];
 }
 
+/** Moves a node so that both renderers see it. The classic canvas draws node.pos. Nodes 2.0 draws its own layout
+ * store: 1.58.1's pos setter writes to it, but on 1.32.9 setting pos changes only the graph's copy, and the store
+ * (hence the drawn node, and node.pos again on the next sync) is moved through the canvas's layout mutations, as
+ * that frontend's own arrange / drag code does. */
+export function moveNode(app, node, x, y) {
+  node.pos = [x, y];
+  const canvas = app.canvas;
+  if (typeof canvas?.repositionNodesVueMode === "function") {
+    canvas.repositionNodesVueMode([{ node, newPos: { x, y } }]);
+  }
+}
+
 /** Two columns right of the train node (inputs, then sampling), and the group around them. */
 function layoutUseGraph(app, trainNode, { loader, apply, prompts, latent, sampler, decode, save, group }) {
   const TITLE = window.LiteGraph?.NODE_TITLE_HEIGHT ?? 30;
@@ -121,7 +133,7 @@ function layoutUseGraph(app, trainNode, { loader, apply, prompts, latent, sample
     let w = 0;
     for (const n of nodes) {
       const [nw, nh] = renderedSize(app, n);
-      n.pos = [x, y];
+      moveNode(app, n, x, y);
       y += nh + TITLE + GAP;
       w = Math.max(w, nw);
     }
