@@ -1,13 +1,13 @@
 #!/usr/bin/env python
 """The full-size SDXL path, for real, on this CPU (issue 23): a live ComfyUI with the pack, random full-size weights.
 
-    (set -a; . .comfyui-b.env; set +a; /work/bin/heavy --big nice -n 10 \\
+    (set -a; . .comfyui-b.env; set +a; nice -n 5 \\
         .venv/bin/python bench/fullsize_cpu.py --results bench/RESULTS.md)        # host b (ComfyUI 0.33.0)
 
 The server runs `--cpu --bf16-unet` (the full UNet in bf16: 5.1 GB). Stages, each `[fullsize] STAGE <name>:
 PASS|FAIL`:
   checkpoint  full-size random SDXL (2.57 B UNet, full CLIP, VAE), fp16, cached in
-              ~/.cache/unziplora-dev/fullsize/ (generated once, under host a's ComfyUI, where the generator works)
+              ~/.cache/unziplora-dev/fullsize/ (generated once, under the running host's ComfyUI)
   server      ComfyUI at $COMFYUI_DIR with this pack, API only
   stock       KSampler, --sample-size px, 2 steps
   train       UnZipLoRATrain, paper mode, rank 64, bf16, --res px, --steps (4) steps, a checkpoint every step and a
