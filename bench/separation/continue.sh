@@ -7,7 +7,7 @@
 #   SERIAL=1 bash bench/separation/continue.sh        # seed 1 after seed 0 (leaves a core free for other work)
 set -u
 cd "$(dirname "$0")/../.."
-HEAVY="${HEAVY:-/work/bin/heavy}"
+if [ -x /work/bin/heavy ]; then HEAVY="${HEAVY:-/work/bin/heavy}"; else HEAVY="${HEAVY:-env}"; fi  # no lock wrapper: run as is
 LOGS="${LOGS:-$HOME/.cache/unziplora-dev/separation/logs}"
 mkdir -p "$LOGS"
 until nice -n 10 $HEAVY .venv/bin/python -m bench.separation.base_chunk --budget-s 900 >> "$LOGS/base.log" 2>&1
