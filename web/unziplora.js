@@ -17,11 +17,10 @@ import { viewQuery } from "./js/format.js";
 import { addUseGraph } from "./js/usegraph.js";
 import { execIdOf as execIdIn, hideUiKeyInHistory, nodeForExecId as nodeIn, rootGraph as rootGraphOf, workflowIdOf }
   from "./js/graph.js";
+import { listenForJobs } from "./js/live.js";
+import { droppedOutputsText, forceRerun, hookQueuePrompt, queuedNodeIds } from "./js/queue_hook.js";
 
 const NODE_TYPE = "UnZipLoRATrain";
-const EVENT = "unziplora.progress";
-const POLL_MS = 4000; // while a job is active and the socket is quiet, ask the server (missed events)
-const QUIET_MS = 8000;
 const PANEL_MARGIN = 8; // graph units around the panel inside the node
 
 const store = new JobStore((path, init) => api.fetchApi(path, init));
@@ -150,13 +149,10 @@ async function refreshModelLists() {
   return refreshing;
 }
 
-/** Mark the panels of the train nodes a prompt will run as queued, whoever queued it (the panel's Train, the
- * stock Run button, a shortcut): the frontend's queuePrompt is the one way in. */
+/** Mark the panels of the train nodes a prompt will run as queued, whoever queued it. */
 function markQueued(output, partialTargets) {
   const marked = [];
-  const ids = partialTargets?.length ? partialTargets.map(String) : Object.keys(output ?? {});
-  for (const id of ids) {
-    if (output?.[id]?.class_type !== NODE_TYPE) continue;
+  for (const id of queuedNodeIds(output, partialTargets, NODE_TYPE)) {
     const entry = nodeForExecId(id)?.__unziplora;
     if (!entry) continue;
     if (!entry.pending) {
@@ -178,61 +174,28 @@ const JOB_KEY = "unziplora_job";
 hideUiKeyInHistory(api, JOB_KEY);
 
 // The panel's Train button trains again even when nothing changed: the train node gets a fresh value under this
-// key in the queued prompt, which ComfyUI's cache sees (the stock Run, without it, reuses an unchanged node's job;
-// nodes/train_cache.py).
+// key in the prompt it queues (the stock Run reuses an unchanged node's job).
 const FORCE_KEY = "unziplora_train";
 let forceTrain = null; // exec ids the next queued prompt trains again
 
-function forceTraining(output) {
-  if (!forceTrain) return;
-  for (const id of forceTrain) {
-    const node = output?.[id];
-    if (node?.class_type !== NODE_TYPE) continue;
-    node.inputs = { ...(node.inputs ?? {}), [FORCE_KEY]: `${Date.now().toString(36)}${Math.random().toString(36).slice(2)}` };
-  }
-  forceTrain = null;
-}
-
-/** ComfyUI runs the outputs that pass validation and leaves the others out with only a red outline (easy to
- * miss at a fitted zoom: Score without a CLIP Vision model). In graphs with this pack's nodes, say so. */
-function reportDroppedOutputs(output, res) {
-  const errors = res?.node_errors;
-  if (!res?.prompt_id || !errors || !Object.keys(errors).length) return;
-  if (!Object.values(output ?? {}).some((n) => String(n?.class_type ?? "").startsWith("UnZipLoRA"))) return;
-  const lines = Object.entries(errors).map(([id, e]) => {
-    const first = e?.errors?.[0];
-    const why = [first?.message, first?.details].filter(Boolean).join(": ");
-    return `${e?.class_type ?? output?.[id]?.class_type ?? "node"} #${id}${why ? ` (${why})` : ""}`;
-  });
-  toast("warn", "Part of the workflow was not run", `Left out because of: ${lines.join("; ")}`, 15000);
-}
-
-const originalQueuePrompt = api.queuePrompt;
-api.queuePrompt = async function (number, data, options, ...rest) {
-  // marked before the request: the new job's first event can arrive before the request's answer
-  let marked = [];
-  try {
-    forceTraining(data?.output);
-    marked = markQueued(data?.output, options?.partialExecutionTargets);
-  } catch (err) {
-    console.warn("[UnZipLoRA] could not mark queued train nodes:", err);
-  }
-  try {
-    const res = await originalQueuePrompt.call(this, number, data, options, ...rest);
-    try {
-      reportDroppedOutputs(data?.output, res);
-    } catch (err) {
-      console.warn("[UnZipLoRA] could not report the outputs left out:", err);
-    }
-    return res;
-  } catch (err) {
-    for (const entry of marked) {
+hookQueuePrompt(api, {
+  before(output, options) {
+    const token = `${Date.now().toString(36)}${Math.random().toString(36).slice(2)}`;
+    forceRerun(output, forceTrain, NODE_TYPE, FORCE_KEY, token);
+    forceTrain = null;
+    return markQueued(output, options?.partialExecutionTargets);
+  },
+  after(output, res) {
+    const text = droppedOutputsText(output, res);
+    if (text) toast("warn", "Part of the workflow was not run", text, 15000);
+  },
+  failed(marked) {
+    for (const entry of marked ?? []) {
       stopPending(entry);
       entry.panel.setNote(null);
     }
-    throw err;
-  }
-};
+  },
+});
 
 async function train(entry) {
   adopt(entry);
@@ -393,65 +356,38 @@ function chain(proto, name, fn) {
 
 // ---- websocket + polling ---------------------------------------------------------------------------------
 
-// Registered at import time: the frontend warns about message types nobody listens to.
-api.addEventListener(EVENT, ({ detail }) => {
-  if (detail?.job) store.upsert(detail.job);
-});
-
-let wasDisconnected = false;
-api.addEventListener("status", ({ detail }) => {
-  if (!detail) {
-    wasDisconnected = true;
-  } else if (wasDisconnected) {
-    wasDisconnected = false;
-    store.refresh();
-  }
-});
-api.addEventListener("reconnected", () => store.refresh());
-
-api.addEventListener("executing", ({ detail }) => {
-  if (detail === null || detail === undefined) return;
-  const node = nodeForExecId(detail);
-  const entry = node?.__unziplora;
-  if (entry?.pending) {
+listenForJobs(api, store, {
+  executing(execId) {
+    const entry = nodeForExecId(execId)?.__unziplora;
+    if (!entry?.pending) return;
     const what = entry.resumeStep !== null && entry.resumeStep !== undefined
       ? `Resuming from step ${entry.resumeStep}` : "Preparing";
     entry.panel.note = { text: `${what}: encoding the prompts and the image, copying the model…`, kind: "info" };
     entry.panel.setPending("preparing");
-  }
-});
-
-api.addEventListener("execution_error", ({ detail }) => {
-  const entry = nodeForExecId(detail?.node_id)?.__unziplora;
-  if (entry) {
+  },
+  error(detail) {
+    const entry = nodeForExecId(detail.node_id)?.__unziplora;
+    if (!entry) return;
     stopPending(entry);
     entry.panel.setNote(`Not started: ${detail.exception_message ?? detail.exception_type ?? "error"}`, "error");
-  }
-});
-
-api.addEventListener("execution_cached", ({ detail }) => {
-  for (const id of detail?.nodes ?? []) {
-    const entry = nodeForExecId(id)?.__unziplora;
-    if (entry?.pending) {
+  },
+  cached(execIds) {
+    for (const id of execIds) {
+      const entry = nodeForExecId(id)?.__unziplora;
+      if (!entry?.pending) continue;
       stopPending(entry);
       // an unchanged Train node is answered from the cache on purpose (nodes/train_cache.py): no new job
       entry.panel.setNote("Unchanged since the last run: ComfyUI reused its job. Train trains again.");
     }
-  }
-});
-
-api.addEventListener("execution_interrupted", () => {
-  for (const entry of entries) {
-    if (entry.pending) {
+  },
+  interrupted() {
+    for (const entry of entries) {
+      if (!entry.pending) continue;
       stopPending(entry);
       entry.panel.setNote("Interrupted before the job started.", "error");
     }
-  }
+  },
 });
-
-setInterval(() => {
-  if (store.anyActive() && Date.now() - store.lastUpdate > QUIET_MS) store.refresh();
-}, POLL_MS);
 
 // ---- the extension ---------------------------------------------------------------------------------------
 
