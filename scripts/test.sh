@@ -52,11 +52,13 @@ for h in $hosts; do
   fi
   first=0
   set +e
+  # every test's time, per host, kept with the screenshots (the slowest 15 are printed below)
+  junit=(--junitxml="$repo/test-artifacts/junit-host-$h.xml")
   if [ "$h" = b ]; then
     # host b's paths, written by setup_dev.sh --host b
-    (set -a; . "$repo/.comfyui-b.env"; set +a; "$venv/bin/python" -m pytest -q --durations=15 "${only[@]}" "$@")
+    (set -a; . "$repo/.comfyui-b.env"; set +a; "$venv/bin/python" -m pytest -q --durations=15 "${junit[@]}" "${only[@]}" "$@")
   else
-    "$venv/bin/python" -m pytest -q --durations=15 "${only[@]}" "$@"
+    "$venv/bin/python" -m pytest -q --durations=15 "${junit[@]}" "${only[@]}" "$@"
   fi
   rc=$?
   set -e
