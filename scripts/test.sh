@@ -31,6 +31,11 @@ case " $hosts " in
 esac
 
 for h in $hosts; do bash scripts/setup_dev.sh --host "$h"; done
+# The suite runs several torch processes at once on few cores (pytest, live ComfyUI servers, Chromium, Ray). With
+# OpenMP's default wait policy each one's threads spin at every barrier and burn the cores the others need: a
+# tiny-model KSampler prompt took 27-34 s beside one other busy process, 7-13 s with passive waiting (2 cores).
+# Inherited by every server the tests start; a value set by the caller wins.
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 "$venv/bin/ruff" check .
 
 results=() failed=0 first=1
