@@ -8,6 +8,7 @@ and (routes) that the server still answers afterwards. Live /prompt cases: tests
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import sys
@@ -45,27 +46,23 @@ class FakeServer:
         self.posted = []
 
 
-@pytest.fixture(scope="module")
-def app_server():
-    """The pack's handlers plus a stand-in /prompt on one aiohttp server in a background loop."""
+@contextlib.contextmanager
+def routes_in_a_thread(add_routes, prompt_delay: float):
+    """An aiohttp server on its own loop in a background thread: the handlers add_routes(app) registers, plus a
+    stand-in /prompt that takes prompt_delay seconds (a slow /prompt widens the window two concurrent resumes would
+    race in). Yields a state dict: port, server (the FakeServer whose queue the stand-in fills)."""
     state = {}
 
     async def fake_prompt(request):
         payload = await request.json()
-        await asyncio.sleep(0.2)  # a slow /prompt widens the window two concurrent resumes would race in
+        await asyncio.sleep(prompt_delay)
         pid = uuid.uuid4().hex
         state["server"].posted.append(payload)
         state["server"].prompt_queue.queued.append(pid)
         return web.json_response({"prompt_id": pid, "number": len(state["server"].posted)})
 
     app = web.Application(client_max_size=100 * 1024 * 1024)  # ComfyUI's default upload limit: bodies get through
-    # registered as register_routes does (getattr: the same tests run against the routes before the fixes)
-    app.router.add_get("/unziplora/jobs", routes.list_jobs)
-    app.router.add_get("/unziplora/jobs/{job_id}", routes.get_job)
-    app.router.add_post("/unziplora/jobs/{job_id}/cancel", routes.cancel_job)
-    app.router.add_post("/unziplora/jobs/{job_id}/resume", getattr(routes, "_json_errors", lambda h: h)(routes.resume_job))
-    if hasattr(routes, "delete_checkpoints"):
-        app.router.add_delete("/unziplora/jobs/{job_id}/checkpoints", routes.delete_checkpoints)
+    add_routes(app)
     app.router.add_post("/prompt", fake_prompt)
     loop = asyncio.new_event_loop()
     ready = threading.Event()
@@ -75,17 +72,35 @@ def app_server():
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
-        state["port"] = site._server.sockets[0].getsockname()[1]
-        state["runner"] = runner
+        state["port"], state["runner"] = site._server.sockets[0].getsockname()[1], runner
         ready.set()
 
     thread = threading.Thread(target=lambda: (loop.run_until_complete(start()), loop.run_forever()), daemon=True)
     thread.start()
     assert ready.wait(10)
     state["server"] = FakeServer(state["port"])
-    yield state
-    asyncio.run_coroutine_threadsafe(state["runner"].cleanup(), loop).result(10)
-    loop.call_soon_threadsafe(loop.stop)
+    try:
+        yield state
+    finally:
+        asyncio.run_coroutine_threadsafe(state["runner"].cleanup(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+
+
+def _job_routes(app):
+    # registered as register_routes does (getattr: the same tests run against the routes before the fixes)
+    app.router.add_get("/unziplora/jobs", routes.list_jobs)
+    app.router.add_get("/unziplora/jobs/{job_id}", routes.get_job)
+    app.router.add_post("/unziplora/jobs/{job_id}/cancel", routes.cancel_job)
+    app.router.add_post("/unziplora/jobs/{job_id}/resume", getattr(routes, "_json_errors", lambda h: h)(routes.resume_job))
+    if hasattr(routes, "delete_checkpoints"):
+        app.router.add_delete("/unziplora/jobs/{job_id}/checkpoints", routes.delete_checkpoints)
+
+
+@pytest.fixture(scope="module")
+def app_server():
+    """The pack's job handlers plus a stand-in /prompt on one aiohttp server in a background loop."""
+    with routes_in_a_thread(_job_routes, prompt_delay=0.2) as state:
+        yield state
 
 
 class FakeService:

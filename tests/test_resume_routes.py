@@ -5,69 +5,37 @@ the same image again: two jobs for one image of the batch (issue 22: every image
 
 from __future__ import annotations
 
-import asyncio
 import sys
 import threading
-import uuid
 
 import pytest
-from aiohttp import web
 
-from test_bad_inputs import FakeServer, FakeService, finished_job
+from test_bad_inputs import FakeService, finished_job, routes_in_a_thread
 from unziplora_pack.nodes import batch_routes, routes
 from unziplora_pack.training.jobs import JobManager
 from unziplora_pack.training.paths import PathDisplay
 
 
+def _resume_routes(app):
+    app.router.add_post("/unziplora/jobs/{job_id}/resume", routes._json_errors(routes.resume_job))
+    app.router.add_post("/unziplora/batches/{batch_id}/resume", routes._json_errors(batch_routes.resume_batch))
+
+
 @pytest.fixture
 def served(tmp_path, monkeypatch):
     """The job and batch resume routes plus a slow stand-in /prompt, on one aiohttp server in a thread."""
-    state = {}
-
-    async def fake_prompt(request):
-        payload = await request.json()
-        await asyncio.sleep(0.3)  # a slow /prompt: the window two resumes without one lock race in
-        pid = uuid.uuid4().hex
-        state["server"].posted.append(payload)
-        state["server"].prompt_queue.queued.append(pid)
-        return web.json_response({"prompt_id": pid, "number": len(state["server"].posted)})
-
-    app = web.Application()
-    app.router.add_post("/unziplora/jobs/{job_id}/resume", routes._json_errors(routes.resume_job))
-    app.router.add_post("/unziplora/batches/{batch_id}/resume", routes._json_errors(batch_routes.resume_batch))
-    app.router.add_post("/prompt", fake_prompt)
-    loop = asyncio.new_event_loop()
-    ready = threading.Event()
-
-    async def start():
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        state["port"], state["runner"] = site._server.sockets[0].getsockname()[1], runner
-        ready.set()
-
-    thread = threading.Thread(target=lambda: (loop.run_until_complete(start()), loop.run_forever()), daemon=True)
-    thread.start()
-    assert ready.wait(10)
-    state["server"] = FakeServer(state["port"])
-    manager = JobManager(str(tmp_path / "user" / "jobs.json"), checkpoint_root=str(tmp_path / "output" / "ckpt"),
-                         display=PathDisplay([(str(tmp_path / "output"), "output")]))
-    for module in (routes, batch_routes):
-        monkeypatch.setattr(module, "service", lambda: FakeService(manager))
-    monkeypatch.setattr(routes, "prompt_server", lambda: state["server"])
-    fake_module = type(sys)("server")
-    fake_module.PromptServer = type("PromptServer", (), {"instance": state["server"]})
-    monkeypatch.setitem(sys.modules, "server", fake_module)
-    monkeypatch.setattr(routes, "_resume_lock", None)  # a fresh lock on this test's loop
-    state["manager"] = manager
-    yield state
-    asyncio.run_coroutine_threadsafe(runner_cleanup(state), loop).result(10)
-    loop.call_soon_threadsafe(loop.stop)
-
-
-async def runner_cleanup(state):
-    await state["runner"].cleanup()
+    with routes_in_a_thread(_resume_routes, prompt_delay=0.3) as state:  # the window two resumes race in
+        manager = JobManager(str(tmp_path / "user" / "jobs.json"), checkpoint_root=str(tmp_path / "output" / "ckpt"),
+                             display=PathDisplay([(str(tmp_path / "output"), "output")]))
+        for module in (routes, batch_routes):
+            monkeypatch.setattr(module, "service", lambda: FakeService(manager))
+        monkeypatch.setattr(routes, "prompt_server", lambda: state["server"])
+        fake_module = type(sys)("server")
+        fake_module.PromptServer = type("PromptServer", (), {"instance": state["server"]})
+        monkeypatch.setitem(sys.modules, "server", fake_module)
+        monkeypatch.setattr(routes, "_resume_lock", None)  # a fresh lock on this test's loop
+        state["manager"] = manager
+        yield state
 
 
 def post(port, path):
