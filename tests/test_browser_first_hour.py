@@ -398,7 +398,9 @@ def test_browse_templates_lists_train_first(session):
     shot_page(page, "browse_templates.png")
     text = page.evaluate("(sel) => document.querySelector(sel)?.innerText ?? ''", TEMPLATES_DIALOG)
     shown = sorted((text.find(n), n) for n in TEMPLATES if text.find(n) >= 0)
-    close_templates_dialog(page, timeout=10)
+    # 1.32.9, after the templates that need Score's CLIP Vision (this set-up has none) were opened in tabs: as this
+    # dialog closes, their Missing Models dialog opens again (seen in the whole module's run; not when run alone)
+    close_templates_dialog(page, timeout=10, may_follow="CLIP-ViT-H-14")
     if shown:  # on screen, where the dialog lists them as text: Train first of ours
         assert shown[0][1] == TRAIN_TEMPLATE, shown
 
