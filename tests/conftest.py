@@ -63,8 +63,9 @@ def pytest_report_header(config):
 # scripts/test.sh runs them on the first host only (`-m "not host_independent"` on the others). A file that starts
 # to use ComfyUI must leave this list.
 HOST_INDEPENDENT = {
-    "test_adamw_bf16.py", "test_bad_inputs.py", "test_columns.py", "test_cpu_threads.py", "test_gpu_check.py",
-    "test_job_records.py", "test_jobs.py", "test_main_without_pytest.py", "test_retention.py", "test_schedule.py",
+    "test_adamw_bf16.py", "test_bad_inputs.py", "test_columns.py", "test_cpu_threads.py", "test_farm_logic.py",
+    "test_gpu_check.py", "test_job_records.py", "test_jobs.py", "test_main_without_pytest.py", "test_retention.py",
+    "test_schedule.py",
     "test_separation_stats.py", "test_step_ops.py",
 }
 
