@@ -30,6 +30,7 @@ PALETTES = {
     "noise": ((0.20, 0.90, 0.90), (0.10, 0.40, 0.60)),
     "flat": ((1.00, 0.55, 0.10), (1.00, 0.55, 0.10)),
     "gradient": ((0.50, 0.20, 0.90), (0.80, 1.00, 0.50)),
+    "slope": ((0.50, 0.20, 0.90), (0.80, 1.00, 0.50)),
     "waves": ((0.95, 0.40, 0.60), (0.20, 0.55, 0.25)),
     "grid": ((0.85, 0.85, 0.80), (0.45, 0.10, 0.10)),
     "rings": ((0.20, 0.85, 0.95), (0.10, 0.15, 0.45)),
@@ -85,10 +86,16 @@ def _texture(style: str, size: int, rng: np.random.Generator) -> np.ndarray:
         return np.zeros((size, size), np.float32)
     if style == "gradient":
         return (y / (size - 1)).astype(np.float32)
-    if style == "waves":  # wavy horizontal bands, period 6
-        return (0.5 + 0.5 * np.sin(2 * np.pi * (y + oy + 1.5 * np.sin(2 * np.pi * (x + ox) / 8)) / 6)).astype(np.float32)
-    if style == "rings":  # concentric rings around the image centre, period 4
-        r = np.hypot(x - (size - 1) / 2 + (ox - 1.5) / 3, y - (size - 1) / 2 + (oy - 1.5) / 3)
+    if style == "slope":  # the gradient in one of four directions: like every other texture it averages out over
+        # renders (a fixed gradient survived the average and became the unnamed world's prior, see unnamed.py)
+        ramp = (y if ox % 2 == 0 else x) / (size - 1)
+        return (ramp if oy % 2 == 0 else 1 - ramp).astype(np.float32)
+    if style == "waves":  # wavy horizontal bands, period 6, at a phase drawn over the whole period (it averages out)
+        py, px = rng.uniform(0, 6), rng.uniform(0, 8)
+        return (0.5 + 0.5 * np.sin(2 * np.pi * (y + py + 1.5 * np.sin(2 * np.pi * (x + px) / 8)) / 6)).astype(np.float32)
+    if style == "rings":  # concentric rings, period 4, around a centre up to 2 px off the image's: it averages out
+        cx, cy = rng.uniform(-2, 2, 2)
+        r = np.hypot(x - (size - 1) / 2 + cx, y - (size - 1) / 2 + cy)
         return ((r // 2) % 2).astype(np.float32)
     if style == "grid":  # one-pixel lines every 4 pixels
         return ((((x + ox) % 4) == 0) | (((y + oy) % 4) == 0)).astype(np.float32)
