@@ -27,7 +27,13 @@ _resume_lock: asyncio.Lock | None = None  # one resume at a time: two concurrent
 
 
 class BadRequest(Exception):
-    pass
+    """A request a route refuses, answered {"error": message} with this status by _json_errors."""
+
+    status = 400
+
+
+class Unavailable(BadRequest):
+    status = 503
 
 
 def _error(status: int, message: str, **extra) -> web.Response:
@@ -42,7 +48,7 @@ def _json_errors(handler):
         try:
             return await handler(request)
         except BadRequest as e:
-            return _error(400, str(e))
+            return _error(e.status, str(e))
         except web.HTTPException:
             raise
         except Exception:
@@ -183,15 +189,15 @@ def resume_lock() -> asyncio.Lock:
 
 
 async def resume_request(request: web.Request):
-    """(client_id, prompt server) of a resume POST: the body may hold only client_id; 503 without a server."""
+    """(client_id, prompt server) of a resume POST: the body may hold only client_id; Unavailable (503) without
+    a server."""
     body = await read_body(request, allowed=("client_id",))
     client_id = body.get("client_id")
     if client_id is not None and (not isinstance(client_id, str) or len(client_id) > MAX_CLIENT_ID):
         raise BadRequest(f"client_id must be a string of at most {MAX_CLIENT_ID} characters, or null")
     server = prompt_server()
     if server is None:
-        raise web.HTTPServiceUnavailable(text=json.dumps({"error": "ComfyUI's prompt server is not running"}),
-                                         content_type="application/json")
+        raise Unavailable("ComfyUI's prompt server is not running")
     return client_id, server
 
 

@@ -67,3 +67,19 @@ def test_a_jobs_resume_and_its_batchs_resume_all_posted_at_once_queue_one_prompt
     assert len(served["server"].posted) == 1, "the image was queued to train again twice"
     refused = next(body for status, body in results if status == 409)
     assert "already being resumed" in refused["error"], refused
+
+
+def test_without_a_prompt_server_both_resume_routes_answer_503_in_json(served, monkeypatch):
+    """The refusal is the routes' JSON error like every other (one format, nodes/routes.py _json_errors), and
+    nothing is queued or marked."""
+    from unziplora_pack.nodes import routes
+
+    manager = served["manager"]
+    job = finished_job(manager, state="interrupted")
+    batch_id = "0123456789ab"
+    job.info["batch"] = {"id": batch_id, "index": 0, "count": 1, "file": "a.png", "folder": "shots"}
+    monkeypatch.setattr(routes, "prompt_server", lambda: None)
+    for path in (f"/unziplora/jobs/{job.id}/resume", f"/unziplora/batches/{batch_id}/resume"):
+        status, body = post(served["port"], path)
+        assert (status, body) == (503, {"error": "ComfyUI's prompt server is not running"}), (path, status, body)
+    assert served["server"].posted == []
