@@ -37,3 +37,14 @@ def test_a_record_without_settings_marks_nothing():
     assert damaged["selection_steps"] == [] and "config" not in damaged["info"]
     assert JobRecord(id="0123456789ab", name="x").public()["selection_steps"] == []
     assert json.dumps(JobRecord(id="0123456789ab", name="x").public())
+
+
+def test_the_record_sends_the_step_its_checkpoint_holds():
+    """The checkpoint's file name is parsed on the server only (training/checkpoints.py); the panel's "Resuming from
+    step N" reads checkpoint_step instead of parsing the path again."""
+    from unziplora_pack.training import checkpoints
+
+    path = f"/out/unziplora/checkpoints/cat/{checkpoints.file_name(200)}"
+    job = JobRecord(id="0123456789ab", name="x", step=260, checkpoint=path)
+    assert job.public()["checkpoint_step"] == 200
+    assert JobRecord(id="0123456789ab", name="x", step=5).public()["checkpoint_step"] is None

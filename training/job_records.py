@@ -7,6 +7,7 @@ import re
 import time
 from dataclasses import asdict, dataclass, field
 
+from .checkpoints import step_of
 from .paths import PathDisplay
 
 ACTIVE = ("queued", "running", "cancelling")
@@ -73,6 +74,7 @@ class JobRecord:
         d["resumable"] = self.resumable
         d["active"] = self.state in ACTIVE  # the browser's one test for "still going"
         d["selection_steps"] = self.selection_steps
+        d["checkpoint_step"] = step_of(self.checkpoint)  # the step a resume starts from (None: no checkpoint)
         if isinstance(d["info"].get("config"), str):  # kept as TrainConfig.to_json() in jobs.json: sent as an object
             try:
                 d["info"]["config"] = json.loads(d["info"]["config"])

@@ -242,19 +242,13 @@ async function cancel(job, entry) {
   }
 }
 
-/** The step a job's checkpoint holds (its file is step_NNNNNN.pt), else the step it stopped at. */
-function checkpointStep(job) {
-  const m = /step_(\d+)\.pt$/.exec(job?.checkpoint ?? "");
-  return m ? Number(m[1]) : job?.step ?? 0;
-}
-
 async function resume(job, entry) {
   if (entry) {
     entry.panel.busy = true;
     entry.pending = true;
     entry.pendingFrom = entry.jobId ?? null;
     entry.panel.pending = "queued";
-    entry.resumeStep = checkpointStep(job);
+    entry.resumeStep = job.checkpoint_step ?? job.step ?? 0; // the server reads the checkpoint's step
     entry.panel.setNote(`Resuming ${job.name} from step ${entry.resumeStep}…`);
   }
   try {

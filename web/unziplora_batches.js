@@ -8,6 +8,7 @@ import { api } from "../../scripts/api.js";
 import { BatchStore, batchCard, batchSection } from "./js/batches.js";
 import { el } from "./js/format.js";
 import { execIdOf, hideUiKeyInHistory, workflowIdOf } from "./js/graph.js";
+import { JOB_EVENT } from "./js/live.js";
 import { sidebarSections } from "./js/sidebar.js";
 
 const NODE_TYPE = "UnZipLoRATrainFolder";
@@ -39,7 +40,7 @@ const actions = {
 };
 
 sidebarSections.push(batchSection(store, actions));
-api.addEventListener("unziplora.progress", () => store.soon());
+api.addEventListener(JOB_EVENT, () => store.soon());
 api.addEventListener("reconnected", () => store.refresh());
 
 function drawPanel(entry) {

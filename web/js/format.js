@@ -120,7 +120,6 @@ export function shortDir(path, keep = 3) {
   return parts.length > keep ? `…/${tail}` : tail;
 }
 
-/** 12345678 -> "11.8 MB". */
 /** What a job keeps besides its final LoRAs (checkpoint_bytes: its checkpoints and the LoRAs save_every wrote)
  * and what the sidebar's delete button removes: {meta, title}; null when it keeps nothing. */
 export function jobExtras(job) {
@@ -134,6 +133,7 @@ export function jobExtras(job) {
   return { meta: `${what} ${size}`, title };
 }
 
+/** 12345678 -> "11.8 MB". */
 export function formatBytes(bytes) {
   if (!Number.isFinite(bytes) || bytes < 0) return "";
   const units = ["B", "KB", "MB", "GB", "TB"];
