@@ -137,7 +137,8 @@ def gates_table(gates: dict, recreate: dict) -> str:
     rows = ["| gate | measured | rule | result |", "|---|---|---|---|",
             f"| classifiers read renders | held-out renders read right (reject = wrong): shape {c['content_read']:.3f}, "
             f"texture {c['style_read']:.3f}; colour-cast {c['content_read_cast']:.3f} / {c['style_read_cast']:.3f}; "
-            f"unreadable {c['unreadable']:.3f} | ≥ {G.GATE_CLASSIFIER} each, clean | {yes(c['pass'])} |",
+            f"unreadable {c['unreadable']:.3f} | ≥ {G.GATE_CLASSIFIER} each, clean | {yes(c.get('renders_pass', c['pass']))} |",
+            _hand_row(c.get("hand"), yes),
             f"| base composes named pairs | never-captioned named pairs, both right {comp['held-out named']['both']:.2f} "
             f"(shape {comp['held-out named']['shape']:.2f}, style {comp['held-out named']['style']:.2f}, "
             f"{comp['held-out named']['images']} images); trained named pairs {comp['trained named']['both']:.2f} | "
@@ -160,6 +161,21 @@ def gates_table(gates: dict, recreate: dict) -> str:
                     f"{_ci(r['delta'], r['low'], r['high'])} ({r['subjects']} subjects, {r['units']} units) | lower bound ≥ "
                     f"{G.GATE_RECREATE} | {yes(r['pass'])} |")
     return "\n".join(rows)
+
+
+def _hand_row(hand: dict | None, yes) -> str:
+    from .handcheck import GATE_HAND
+
+    if not hand or "missing" in hand:
+        why = (hand or {}).get("missing", "not run")
+        return f"| classifiers read the base's samples | {why} | ≥ {GATE_HAND} each | **fail** |"
+    part = lambda h: f"{h['right']}/{h['labelled']} = {h['rate']:.3f} ({h['hand_unsure']} unsure)"  # noqa: E731
+    dev = hand.get("dev")
+    extra = f"; dev set (used to choose the augmentation) {dev['content']['rate']:.3f} / {dev['style']['rate']:.3f}" if dev else ""
+    errors = ", ".join(f"{k} {v}" for h in ("content", "style") for k, v in hand[h]["errors"].items()) or "none"
+    return (f"| classifiers read the base's samples | {hand['images']} base samples labelled by hand, read as labelled "
+            f"(unreadable = wrong): shape {part(hand['content'])}, texture {part(hand['style'])}; errors: {errors}{extra} "
+            f"| ≥ {GATE_HAND} each | {yes(hand['pass'])} |")
 
 
 def blocks_table(blocks: dict) -> str:

@@ -1,13 +1,15 @@
 """Content and style classifiers for the world: two small CNNs on RGB, trained on fresh renders of every pair
 (classifiers may see held-out pairs: they measure factors, they are not the model under test), reported on
-renders they never saw. Light pixel noise during training makes them tolerate a diffusion model's imperfect
-samples instead of keying on exact pixel values."""
+renders they never saw. Augmentation (random grounds, colour casts, soft edges, speckle, pixel noise) makes them
+read a diffusion model's imperfect samples instead of keying on exact pixel values; whether they do is the hand
+check's question (handcheck.py), asked on base samples a person labelled."""
 
 from __future__ import annotations
 
 import json
 import time
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -28,7 +30,19 @@ class SmallCNN(torch.nn.Module):
         return self.body(rgb.movedim(-1, 1) * 2 - 1)
 
 
-AUGMENT = "cast1"  # in the cache key: classifiers trained with another augmentation are not reused
+AUGMENT = "sample2"  # in the cache key: classifiers trained with another augmentation are not reused
+
+
+def _renders(w, pairs, size: int, rng: np.random.Generator) -> torch.Tensor:
+    # Half the renders on a random ground: the base's samples sit on grounds from dark brown to slate blue, and
+    # classifiers that only ever saw the dark grey one read a light cross on slate as a circle (session 8's
+    # hand-labelled samples, bench/separation/handcheck/).
+    pose = getattr(w, "POSE", "wide")
+    out = []
+    for s, y in pairs:
+        bg = rng.uniform(0.05, 0.55, 3) if rng.random() < 0.5 else None
+        out.append(world.render(s, y, size, rng, pose=pose, background=bg))
+    return torch.from_numpy(np.stack(out))
 
 
 def _augment(rgb: torch.Tensor, g: torch.Generator) -> torch.Tensor:
@@ -39,12 +53,17 @@ def _augment(rgb: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     offset = (torch.rand(n, 1, 1, 3, generator=g) - 0.5) * 0.4
     cast = torch.rand(n, 1, 1, 1, generator=g) < 0.7
     rgb = torch.where(cast, rgb * gain + offset, rgb)
-    noise = torch.randn(rgb.shape, generator=g) * torch.rand(rgb.shape[0], 1, 1, 1, generator=g) * 0.08
-    blur = torch.rand((), generator=g) < 0.3
-    if blur:
-        px = rgb.movedim(-1, 1)
-        px = F.avg_pool2d(F.pad(px, (1, 1, 1, 1), mode="replicate"), 3, stride=1) * 0.5 + px * 0.5
-        rgb = px.movedim(1, -1)
+    # soft edges: the base's silhouettes are a pixel wider and blurrier than the renders'
+    px = rgb.movedim(-1, 1)
+    soft = F.avg_pool2d(F.pad(px, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
+    amount = torch.rand(n, 1, 1, 1, generator=g) * (torch.rand(n, 1, 1, 1, generator=g) < 0.5)
+    rgb = (px * (1 - amount) + soft * amount).movedim(1, -1)
+    # speckle: sampling leaves saturated single-pixel colours over part of many images (the look grids)
+    speckle = torch.rand(rgb.shape, generator=g)
+    where = torch.rand(n, *rgb.shape[1:3], 1, generator=g) < torch.rand(n, 1, 1, 1, generator=g)
+    weight = torch.rand(n, 1, 1, 1, generator=g) * 0.6 * (torch.rand(n, 1, 1, 1, generator=g) < 0.4)
+    rgb = torch.where(where, rgb * (1 - weight) + speckle * weight, rgb)
+    noise = torch.randn(rgb.shape, generator=g) * torch.rand(n, 1, 1, 1, generator=g) * 0.08
     return (rgb + noise).clamp(0, 1)
 
 
@@ -56,8 +75,10 @@ def train(size: int, steps: int, seed: int = 0, log=print, w=world) -> tuple[dic
     g = torch.Generator().manual_seed(seed)
     t0 = time.time()
     for step in range(steps):
-        rgb, shape_ids, style_ids = w.batch(w.random_pairs(64, seed=10_000 + step), size, seed=20_000 + step)
-        rgb = _augment(rgb, g)
+        pairs = w.random_pairs(64, seed=10_000 + step)
+        rgb = _augment(_renders(w, pairs, size, np.random.default_rng(20_000 + step)), g)
+        shape_ids = torch.tensor([w.SHAPES.index(s) for s, _ in pairs])
+        style_ids = torch.tensor([w.STYLES.index(y) for _, y in pairs])
         for name, labels in (("content", shape_ids), ("style", style_ids)):
             loss = F.cross_entropy(models[name](rgb), labels)
             opts[name].zero_grad()

@@ -67,7 +67,7 @@ def main(argv=None, log=print) -> dict:
     cache = Path(args.cache) if args.cache else cache_dir()
     t0 = time.time()
     study = Study(preset, cache, log, base_file=args.base_file)
-    gates = {"classifiers": G.classifier_gate(study.acc)}
+    gates = {"classifiers": G.classifier_gate(study.acc, study.models)}
     if not args.no_gates or args.report:
         gates = G.all_gates(study, blocks=not args.blocks_last)
         if "blocks" not in gates:  # not run yet: the block claims are not testable, and the tables say so

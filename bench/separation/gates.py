@@ -1,7 +1,8 @@
 """Gates of the unnamed-world study, each computed on the base model before any LoRA is judged, and the per-block
 specialisation diagnostic. Results are cached next to the units (one JSON per gate).
 
-    classifiers  held-out renders read right with the reject option (unreadable = wrong), clean and colour-cast
+    classifiers  held-out renders read right with the reject option (unreadable = wrong), clean and colour-cast; and
+                 the base's own samples read as a person labelled them (handcheck.py)
     composition  the base draws named pairs it never saw together ("a circle in stripes style")
     prior        "a shape in pattern style" (and with "sks") spreads over the unnamed factors: no built-in subject
     blocks       feed one block's cross-attention another named prompt: does the shape or the texture follow?
@@ -40,9 +41,15 @@ def sample_texts(model, clip, texts, scfg, size, seed):
     return sample(model, conditioning_batch(clip, texts), conditioning_batch(clip, [""] * len(texts)), size, scfg, seed)
 
 
-def classifier_gate(acc: dict) -> dict:
-    ok = acc.get("content_read", 0) >= GATE_CLASSIFIER and acc.get("style_read", 0) >= GATE_CLASSIFIER
-    return {"pass": ok, **{k: acc[k] for k in acc if k != "seconds"}}
+def classifier_gate(acc: dict, models: dict | None = None) -> dict:
+    """Renders (acc, from classify.train) and, given the models, the hand-labelled base samples (handcheck.py):
+    both halves must pass."""
+    from . import handcheck
+
+    renders_ok = acc.get("content_read", 0) >= GATE_CLASSIFIER and acc.get("style_read", 0) >= GATE_CLASSIFIER
+    hand = handcheck.gate(models) if models is not None else {"pass": False, "missing": "not run"}
+    return {"pass": renders_ok and hand["pass"], "renders_pass": renders_ok, "hand": hand,
+            **{k: acc[k] for k in acc if k != "seconds"}}
 
 
 def composition_gate(study, images: int) -> dict:
@@ -174,7 +181,7 @@ def cached(study, name: str, fn, *args) -> dict:
 def all_gates(study, blocks: bool = True) -> dict:
     """Every gate (blocks=False: all but the block diagnostic, the one that takes minutes)."""
     p = study.p
-    out = {"classifiers": classifier_gate(study.acc),
+    out = {"classifiers": classifier_gate(study.acc, study.models),
            "composition": cached(study, "composition", composition_gate, p["gate_images"]),
            "prior": cached(study, "prior", prior_gate, p["gate_images"] * 4)}
     if blocks:

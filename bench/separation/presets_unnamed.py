@@ -15,7 +15,7 @@ PRESETS = {
                 subjects=2, seeds=(0,), lora=LoraConfig(steps=2, rank=4),
                 sample=SampleConfig(steps=1, per_prompt=1, others=1), gate_images=2, diag_images=1),
     # the benchmark: 16 subjects x 2 seeds, one process per seed (--seeds 0 / --seeds 1)
-    "full": dict(base=BASE, classifier_steps=600, subjects=16, seeds=(0, 1),
+    "full": dict(base=BASE, classifier_steps=1200, subjects=16, seeds=(0, 1),
                  lora=LoraConfig(steps=300, rank=32, lr=2e-3), sample=SampleConfig(steps=16, per_prompt=4, others=2),
                  gate_images=8, diag_images=4),
 }

@@ -102,8 +102,10 @@ def _texture(style: str, size: int, rng: np.random.Generator) -> np.ndarray:
     raise ValueError(f"unknown style {style!r}")
 
 
-def render(shape: str, style: str, size: int, rng: np.random.Generator, pose: str = "wide") -> np.ndarray:
-    """One RGB image [size, size, 3] in 0..1: a shape in a random pose, filled with the style, on a dark ground."""
+def render(shape: str, style: str, size: int, rng: np.random.Generator, pose: str = "wide",
+           background=None) -> np.ndarray:
+    """One RGB image [size, size, 3] in 0..1: a shape in a random pose, filled with the style, on a dark ground
+    (or on `background`, an RGB triple: the classifiers train on other grounds, see classify.py)."""
     ss = 4  # supersampling for anti-aliased edges
     shift, small, large, turn = POSES[pose]
     cx, cy = rng.uniform(-shift, shift, 2)
@@ -118,7 +120,7 @@ def render(shape: str, style: str, size: int, rng: np.random.Generator, pose: st
     t = _texture(style, size, rng)[..., None]
     c0, c1 = (np.clip(np.array(p) + rng.uniform(-0.05, 0.05, 3), 0, 1) for p in PALETTES[style])
     fill = c0 * (1 - t) + c1 * t
-    bg = np.array(BACKGROUND) + rng.uniform(-0.02, 0.02)
+    bg = np.array(BACKGROUND) + rng.uniform(-0.02, 0.02) if background is None else np.asarray(background)
     return (bg * (1 - mask[..., None]) + fill * mask[..., None]).astype(np.float32)
 
 
