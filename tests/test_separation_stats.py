@@ -96,3 +96,34 @@ def test_detectable_difference_shrinks_with_subjects():
     d16 = stats.detectable_difference(0.2, 16, family=12)
     d32 = stats.detectable_difference(0.2, 32, family=12)
     assert 0.17 < d16 < 0.2 and math.isclose(d32, d16 / math.sqrt(2))
+
+
+def test_the_per_subject_prior_family_drops_the_favoured_texture_and_judges_the_rest():
+    from bench.separation import analysis as A
+    from bench.separation import unnamed as W
+
+    shapes = {s: (0.3 if s in W.UNNAMED_SHAPES else 0.0) for s in W.SHAPES}
+    styles = {y: 0.0 for y in W.STYLES}
+    styles.update(slope=0.69, grid=0.12)
+    prior = {"pass": False, "a shape in pattern style": {"shapes": shapes, "styles": styles}}
+    keep = A.prior_free_subjects(prior)
+    assert len(keep) == 12 and not any(k.endswith("/slope") for k in keep)
+
+    rng = np.random.default_rng(1)
+    units = {}
+    for arm, recreate, recontext in (("base", 0.1, 0.1), ("naive", 0.8, 0.3), ("unziplora", 0.8, 0.6)):
+        units[arm] = {}
+        for s, y in W.SUBJECTS:
+            for seed in (0, 1):
+                # on the slope subjects M3 is no better than naive: only the kept subjects carry the difference
+                r = recontext if (y != "slope" or arm != "unziplora") else 0.3
+                units[arm][(f"{s}/{y}", seed)] = {"recreate": recreate + rng.normal(0, 0.02),
+                                                  "recontext": r + rng.normal(0, 0.05)}
+    gates = {"classifiers": {"pass": True}, "composition": {"pass": True}, "prior": prior, "blocks": {"pass": False}}
+    out = A.per_subject_prior_claims(units, gates, ("naive", "unziplora"))
+    assert out["subjects"] == keep and out["recreate"]["unziplora"]["pass"]
+    assert out["claims"]["C1"]["subjects"] == 12 and out["claims"]["C1"]["verdict"] == "holds"
+    assert 0.2 < out["claims"]["C1"]["delta"] < 0.4
+    assert out["claims"]["C8"]["verdict"] == "not testable"  # the block gate failed
+    primary = A.claims(units, gates, A.recreate_gates(units, ("naive", "unziplora")))
+    assert primary["C1"]["verdict"] == "not testable"  # the whole-prompt prior gate still decides the primary family

@@ -120,6 +120,25 @@ def claims(units: dict, gates: dict, recreate: dict, family=CLAIMS) -> dict:
     return stats.judge(comps, dirs, testable)
 
 
+def prior_free_subjects(prior: dict) -> list[str]:
+    """Subjects neither of whose factors the base draws for "a shape in pattern style" in more than GATE_PRIOR_MAX
+    of its images: the prior gate asked per subject instead of for the whole prompt."""
+    plain = prior["a shape in pattern style"]
+    return [f"{s}/{y}" for s, y in W.SUBJECTS
+            if plain["shapes"][s] <= G.GATE_PRIOR_MAX and plain["styles"][y] <= G.GATE_PRIOR_MAX]
+
+
+def per_subject_prior_claims(units: dict, gates: dict, arms) -> dict:
+    """The exploratory family (registered in session 8 after the prior gate failed on the slope texture, before any
+    unit of the full run was read): the twelve claims on the subjects whose factors the prior does not favour, with
+    the recreation gates recomputed on those subjects and every other gate as it is. Outside the primary verdicts."""
+    keep = prior_free_subjects(gates["prior"])
+    sub = {arm: {u: m for u, m in us.items() if u[0] in keep} for arm, us in units.items()}
+    recreate = recreate_gates(sub, arms)
+    judged = claims(sub, {**gates, "prior": {**gates["prior"], "pass": True}}, recreate)
+    return {"subjects": keep, "recreate": recreate, "claims": judged}
+
+
 def extra_claims(units: dict, gates: dict, recreate: dict) -> dict:
     return claims(units, gates, recreate, EXTRA)
 
