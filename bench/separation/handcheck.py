@@ -47,7 +47,6 @@ def paths(version: int = W.VERSION, which: str = "gate") -> tuple[Path, Path, Pa
 
 
 def make(which: str = "gate") -> None:
-    from PIL import Image
     from safetensors.torch import load_file
 
     from . import base, gates
@@ -70,16 +69,16 @@ def make(which: str = "gate") -> None:
     print(f"wrote {npz} ({len(pixels)} images) and {png}")
 
 
-def grid(pixels: np.ndarray, out: Path, zoom: int = 8) -> None:
-    """Rows of PER_ROW images, a 2-px white gutter between them so each can be labelled on its own."""
+def grid(pixels: np.ndarray, out: Path, zoom: int = 8, per_row: int = PER_ROW) -> None:
+    """Rows of per_row images, a 2-px white gutter between them so each can be labelled on its own."""
     from PIL import Image
 
     n, h, w, _ = pixels.shape
-    rows = (n + PER_ROW - 1) // PER_ROW
+    rows = (n + per_row - 1) // per_row
     gut = 2
-    canvas = np.full((rows * (h * zoom + gut), PER_ROW * (w * zoom + gut), 3), 255, np.uint8)
+    canvas = np.full((rows * (h * zoom + gut), per_row * (w * zoom + gut), 3), 255, np.uint8)
     for i, img in enumerate(pixels):
-        r, c = divmod(i, PER_ROW)
+        r, c = divmod(i, per_row)
         big = img.repeat(zoom, 0).repeat(zoom, 1)
         canvas[r * (h * zoom + gut):r * (h * zoom + gut) + h * zoom, c * (w * zoom + gut):c * (w * zoom + gut) + w * zoom] = big
     Image.fromarray(canvas).save(out)
