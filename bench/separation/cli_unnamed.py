@@ -43,6 +43,8 @@ def build(argv=None) -> argparse.ArgumentParser:
     ap.add_argument("--base-file", type=Path, default=None,
                     help="base weights to use instead of the cached base (a pilot on a partial checkpoint); units "
                          "go to a folder of their own")
+    ap.add_argument("--lora-steps", type=int, default=None,
+                    help="LoRA steps instead of the preset's (a pilot of the recipe: its units go to a folder of their own)")
     ap.add_argument("--report", action="store_true", help="only print the tables from the cached units")
     ap.add_argument("--write-results", action="store_true", help="replace this study's section of bench/RESULTS.md")
     return ap
@@ -64,6 +66,10 @@ def main(argv=None, log=print) -> dict:
     args = build().parse_args(argv)
     torch.set_num_threads(args.threads)
     preset = PRESETS[args.preset]
+    if args.lora_steps:
+        from dataclasses import replace
+
+        preset = {**preset, "lora": replace(preset["lora"], steps=args.lora_steps)}
     cache = Path(args.cache) if args.cache else cache_dir()
     t0 = time.time()
     study = Study(preset, cache, log, base_file=args.base_file)
