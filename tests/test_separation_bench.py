@@ -157,6 +157,8 @@ def test_unnamed_toy_study_runs_the_whole_path_and_resumes(tmp_path):
     runs = result["runs"]
     assert {r["mode"] for r in runs} == {"naive", "prompt", "column", "unziplora", "blora"}
     assert all("final_loss" in r and 0 <= r["kept"]["content"]["all"] <= 1 for r in runs)
+    # the loss curve in windows (toy: 2 steps -> 2 windows), so a diverging mode can be told from a flat one
+    assert all(len(r["loss_curve"]) == 2 and all(v > 0 for v in r["loss_curve"]) for r in runs)
     assert {c for c in result["claims"]} == {c[0] for c in analysis.CLAIMS}
     assert all(r["verdict"] in stats.VERDICTS for r in result["claims"].values())
     for table in ("Gates:", "unnamed prior flat", "Claims:", "Rates:", "naive_randmask", "(none swapped)"):

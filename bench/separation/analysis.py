@@ -234,12 +234,14 @@ def runs_table(runs: list[dict]) -> str:
     by_mode: dict = {}
     for r in runs:
         by_mode.setdefault(r["mode"], []).append(r)
-    rows = ["| mode | runs | final loss (last 20 steps) | first 20 steps | content kept | style kept | s / run |",
-            "|---|---|---|---|---|---|---|"]
+    rows = ["| mode | runs | final loss (last 20 steps) | first 20 steps | runs ending above their start | worst final "
+            "| content kept | style kept | s / run |", "|---|---|---|---|---|---|---|---|---|"]
     for mode, rs in by_mode.items():
         mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+        above = sum(r["final_loss"] > r["first_loss"] for r in rs)
         rows.append(f"| {mode} | {len(rs)} | {mean([r['final_loss'] for r in rs]):.4f} | "
-                    f"{mean([r['first_loss'] for r in rs]):.4f} | {mean([r['kept']['content']['all'] for r in rs]):.2f} | "
+                    f"{mean([r['first_loss'] for r in rs]):.4f} | {above} | {max(r['final_loss'] for r in rs):.4f} | "
+                    f"{mean([r['kept']['content']['all'] for r in rs]):.2f} | "
                     f"{mean([r['kept']['style']['all'] for r in rs]):.2f} | {mean([r['seconds'] for r in rs]):.0f} |")
     return "\n".join(rows)
 

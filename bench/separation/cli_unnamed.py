@@ -45,6 +45,7 @@ def build(argv=None) -> argparse.ArgumentParser:
                          "go to a folder of their own")
     ap.add_argument("--lora-steps", type=int, default=None,
                     help="LoRA steps instead of the preset's (a pilot of the recipe: its units go to a folder of their own)")
+    ap.add_argument("--lora-lr", type=float, default=None, help="LoRA learning rate instead of the preset's (a pilot)")
     ap.add_argument("--report", action="store_true", help="only print the tables from the cached units")
     ap.add_argument("--write-results", action="store_true", help="replace this study's section of bench/RESULTS.md")
     return ap
@@ -66,10 +67,11 @@ def main(argv=None, log=print) -> dict:
     args = build().parse_args(argv)
     torch.set_num_threads(args.threads)
     preset = PRESETS[args.preset]
-    if args.lora_steps:
+    if args.lora_steps or args.lora_lr:
         from dataclasses import replace
 
-        preset = {**preset, "lora": replace(preset["lora"], steps=args.lora_steps)}
+        lora = replace(preset["lora"], steps=args.lora_steps or preset["lora"].steps, lr=args.lora_lr or preset["lora"].lr)
+        preset = {**preset, "lora": lora}
     cache = Path(args.cache) if args.cache else cache_dir()
     t0 = time.time()
     study = Study(preset, cache, log, base_file=args.base_file)

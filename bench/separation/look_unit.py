@@ -1,6 +1,7 @@
 """Look at one unit of the unnamed-world study: its probe images again, as a PNG, with what the classifiers read.
 
     .venv/bin/python -m bench.separation.look_unit OUT.png --arm unziplora --subject ring/rings --seed 0 [--arm naive ...]
+        [--preset full-300]
 
 Units keep only the classifiers' readings, not images. This samples the unit again from its cached LoRA files with
 the unit's own seeds (nothing is written to the study's folder) and checks that the readings match the cached unit,
@@ -56,11 +57,12 @@ def main(argv=None) -> int:
     ap.add_argument("--arm", action="append", required=True)
     ap.add_argument("--subject", required=True, help="shape/texture, e.g. ring/rings")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--preset", default="full", help="the study's preset (full-300: session 8's first full run)")
     args = ap.parse_args(argv)
     subject = tuple(args.subject.split("/"))
     if subject not in W.SUBJECTS:
         ap.error(f"--subject {args.subject}: not one of {', '.join('/'.join(s) for s in W.SUBJECTS)}")
-    study = Study(PRESETS["full"], cache_dir())
+    study = Study(PRESETS[args.preset], cache_dir())
     pixels = []
     for arm in args.arm:
         cached = study.dir / "units" / f"{arm}__{subject_name(subject)}__s{args.seed}.json"

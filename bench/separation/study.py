@@ -151,6 +151,9 @@ class Study:
         losses = result.losses
         info = {"mode": mode, "subject": list(subject), "seed": seed, "bundle": Path(saved["bundle"]).name,
                 "final_loss": sum(losses[-20:]) / len(losses[-20:]), "first_loss": sum(losses[:20]) / len(losses[:20]),
+                # the curve in 10 windows: a single image's loss is noisy step to step, and a mode whose LoRAs
+                # diverge (final above first) must be told from one that is flat
+                "loss_curve": [round(sum(c) / len(c), 5) for c in np.array_split(np.array(losses), min(10, len(losses)))],
                 "steps": len(losses), "seconds": round(seconds, 1)}
         if out.exists():  # a run cut off between rename and run.json: its files are redone
             import shutil
