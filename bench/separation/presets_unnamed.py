@@ -15,8 +15,8 @@ PRESETS = {
                 subjects=2, seeds=(0,), lora=LoraConfig(steps=2, rank=4),
                 sample=SampleConfig(steps=1, per_prompt=1, others=1), gate_images=2, diag_images=1),
     # the benchmark: 16 subjects x 2 seeds, one process per seed (--seeds 0 / --seeds 1). LoRA recipe from session
-    # 8's pilot (bench/RESULTS.md): at 300 steps x lr 2e-3 naive and prompt diverged in half their runs and no mode
-    # recreated its image; at 1000 steps x lr 5e-4 every mode fits (final loss 0.017-0.018 from 0.028) and recreates
+    # 8's pilot (bench/RESULTS.md): at 300 steps x lr 2e-3 naive's and prompt's loss did not fall on average and no
+    # mode recreated its image; at 1000 steps x lr 5e-4 every mode fits (final loss 0.017-0.018 from 0.028) and recreates
     # 0.34-0.44 above the base on the pilot's 4 subjects.
     "full": dict(base=BASE, classifier_steps=1200, subjects=16, seeds=(0, 1),
                  lora=LoraConfig(steps=1000, rank=32, lr=5e-4), sample=SampleConfig(steps=16, per_prompt=4, others=2),
