@@ -73,3 +73,22 @@ def test_a_label_outside_the_world_is_refused(tmp_path, monkeypatch):
     (tmp_path / f"unnamed_v{W.VERSION}_gate_labels.json").write_text(json.dumps(labels))
     with pytest.raises(ValueError, match="star/flat"):
         handcheck.load()
+
+
+def test_the_gate_passes_at_the_rule_fails_under_it_and_reports_the_dev_set(monkeypatch):
+    s, y = W.SHAPES.index, W.STYLES.index
+    labels = [("cross", "flat")] * 20
+    sets = {"gate": (torch.zeros(20, 16, 16, 3), labels), "dev": (torch.zeros(20, 16, 16, 3), labels)}
+    monkeypatch.setattr(handcheck, "load", lambda version=W.VERSION, which="gate": sets.get(which))
+
+    def models(wrong: int):
+        content = [_onehot(s("circle" if i < wrong else "cross"), 8) for i in range(20)]
+        return {"content": FixedHead(content), "style": FixedHead([_onehot(y("flat"), 8)] * 20)}
+
+    at_rule = handcheck.gate(models(1))  # 19 of 20 = 0.95
+    assert at_rule["pass"] and at_rule["content"]["rate"] == 0.95 and at_rule["dev"]["content"]["right"] == 19
+    under = handcheck.gate(models(2))  # 18 of 20 = 0.90
+    assert not under["pass"] and under["content"]["errors"] == {"cross read as circle": 2}
+    sets.pop("gate")
+    missing = handcheck.gate(models(0))
+    assert not missing["pass"] and "no labelled gate set" in missing["missing"]

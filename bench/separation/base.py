@@ -122,6 +122,14 @@ def adm(model_patcher, pooled: torch.Tensor, size: int) -> torch.Tensor:
                                           target_width=px, target_height=px)
 
 
+def denoise_loss(patcher, alphas: torch.Tensor, x0, t, noise, ctx, pooled, size: int) -> torch.Tensor:
+    """The base's objective on one batch: epsilon MSE at DDPM timesteps t (alphas: the cumulative products)."""
+    a = alphas[t].view(-1, 1, 1, 1)
+    eps = patcher.model.diffusion_model(a.sqrt() * x0 + (1 - a).sqrt() * noise, t.float(), context=ctx,
+                                        y=adm(patcher, pooled, size))
+    return F.mse_loss(eps, noise)
+
+
 def captions(pairs, rng: torch.Generator, cfg: BaseConfig) -> list[str]:
     w = world_module(cfg.world)
     to_words = getattr(w, "words", lambda s, y: (s, y))
@@ -185,10 +193,7 @@ def train_base(cfg: BaseConfig, encoder: world.WordEncoder, log=print, on_checkp
         pooled = torch.cat([cache[t][1] for t in texts])
         t = torch.randint(0, 1000, (cfg.batch,), generator=rng)
         noise = torch.randn(x0.shape, generator=rng)
-        a = alphas[t].view(-1, 1, 1, 1)
-        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        eps = unet(xt, t.float(), context=ctx, y=adm(patcher, pooled, cfg.size))
-        loss = F.mse_loss(eps, noise)
+        loss = denoise_loss(patcher, alphas, x0, t, noise, ctx, pooled, cfg.size)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)

@@ -37,11 +37,10 @@ def _renders(w, pairs, size: int, rng: np.random.Generator) -> torch.Tensor:
     # Half the renders on a random ground: the base's samples sit on grounds from dark brown to slate blue, and
     # classifiers that only ever saw the dark grey one read a light cross on slate as a circle (session 8's
     # hand-labelled samples, bench/separation/handcheck/).
-    pose = getattr(w, "POSE", "wide")
     out = []
     for s, y in pairs:
         bg = rng.uniform(0.05, 0.55, 3) if rng.random() < 0.5 else None
-        out.append(world.render(s, y, size, rng, pose=pose, background=bg))
+        out.append(world.render(s, y, size, rng, pose=w.POSE, background=bg))
     return torch.from_numpy(np.stack(out))
 
 

@@ -129,20 +129,10 @@ def summarise(study, gates) -> dict:
         parts += A.power_lines(judged)
         if not gates["prior"]["pass"]:
             out["per_subject"] = A.per_subject_prior_claims(units, gates, (*ARMS, DIAG))
-            parts += ["", per_subject_text(out["per_subject"])]
+            parts += ["", A.per_subject_text(out["per_subject"])]
     parts += ["", "Rates:", A.rates_table(units, (*ARMS, DIAG)), "", "Runs:", A.runs_table(runs)]
     out["text"] = "\n".join(parts)
     return out
-
-
-def per_subject_text(ps: dict) -> str:
-    rec = "; ".join(f"{arm} {A._ci(r['delta'], r['low'], r['high'])} {'pass' if r['pass'] else 'fail'}"
-                    for arm, r in ps["recreate"].items())
-    return "\n".join([
-        "Exploratory, outside the primary verdicts: the prior gate asked per subject (neither factor drawn in more "
-        f"than {A.G.GATE_PRIOR_MAX} of \"a shape in pattern style\"), registered before this run's units were read. "
-        f"Subjects kept: {len(ps['subjects'])} ({', '.join(ps['subjects'])}). Recreation over the base on them: {rec}.",
-        "", A.claims_table(ps["claims"])])
 
 
 def section(result: dict, command: str, preset: dict) -> str:
@@ -165,7 +155,7 @@ def section(result: dict, command: str, preset: dict) -> str:
              "Claims: paired Δ per subject (mean over seeds), bootstrap CI over subjects, exact sign-flip p, Holm "
              "over all twelve; 'not testable' where a gate failed.", "",
              A.claims_table(result["claims"]), "",
-             *([per_subject_text(result["per_subject"]), ""] if "per_subject" in result else []),
+             *([A.per_subject_text(result["per_subject"]), ""] if "per_subject" in result else []),
              *(["M3 with the block roles the diagnostic found, an extra row outside the Holm family:", "",
                 A.claims_table(result["extra"], A.EXTRA), ""] if "extra" in result else []),
              "LoRA runs (per run in bench/separation/results/unnamed_runs.csv):", "", A.runs_table(result["runs"]), ""]

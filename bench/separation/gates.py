@@ -41,13 +41,12 @@ def sample_texts(model, clip, texts, scfg, size, seed):
     return sample(model, conditioning_batch(clip, texts), conditioning_batch(clip, [""] * len(texts)), size, scfg, seed)
 
 
-def classifier_gate(acc: dict, models: dict | None = None) -> dict:
-    """Renders (acc, from classify.train) and, given the models, the hand-labelled base samples (handcheck.py):
-    both halves must pass."""
+def classifier_gate(acc: dict, models: dict) -> dict:
+    """Renders (acc, from classify.train) and the hand-labelled base samples (handcheck.py): both halves must pass."""
     from . import handcheck
 
     renders_ok = acc.get("content_read", 0) >= GATE_CLASSIFIER and acc.get("style_read", 0) >= GATE_CLASSIFIER
-    hand = handcheck.gate(models) if models is not None else {"pass": False, "missing": "not run"}
+    hand = handcheck.gate(models)
     return {"pass": renders_ok and hand["pass"], "renders_pass": renders_ok, "hand": hand,
             **{k: acc[k] for k in acc if k != "seconds"}}
 

@@ -52,6 +52,7 @@ def make(which: str = "gate") -> None:
     from . import base, gates
     from .env import cache_dir, setup
     from .experiment import SampleConfig, WorldClip
+    from .look import grid, to_uint8
     from .presets_unnamed import PRESETS
 
     setup()
@@ -63,25 +64,10 @@ def make(which: str = "gate") -> None:
                       for i in range(0, len(all_texts), PER_ROW)])
     npz, _, png = paths(which=which)
     FOLDER.mkdir(exist_ok=True)
-    pixels = (imgs.clamp(0, 1).numpy() * 255).round().astype(np.uint8)
+    pixels = to_uint8(imgs)
     np.savez_compressed(npz, images=pixels, texts=np.array(all_texts))
-    grid(pixels, png)
+    grid(pixels, png, per_row=PER_ROW)
     print(f"wrote {npz} ({len(pixels)} images) and {png}")
-
-
-def grid(pixels: np.ndarray, out: Path, zoom: int = 8, per_row: int = PER_ROW) -> None:
-    """Rows of per_row images, a 2-px white gutter between them so each can be labelled on its own."""
-    from PIL import Image
-
-    n, h, w, _ = pixels.shape
-    rows = (n + per_row - 1) // per_row
-    gut = 2
-    canvas = np.full((rows * (h * zoom + gut), per_row * (w * zoom + gut), 3), 255, np.uint8)
-    for i, img in enumerate(pixels):
-        r, c = divmod(i, per_row)
-        big = img.repeat(zoom, 0).repeat(zoom, 1)
-        canvas[r * (h * zoom + gut):r * (h * zoom + gut) + h * zoom, c * (w * zoom + gut):c * (w * zoom + gut) + w * zoom] = big
-    Image.fromarray(canvas).save(out)
 
 
 def load(version: int = W.VERSION, which: str = "gate"):

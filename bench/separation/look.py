@@ -18,6 +18,26 @@ import torch
 from . import world
 
 
+def grid(pixels: np.ndarray, out: Path, per_row: int, zoom: int = 8) -> None:
+    """uint8 images [N, H, W, 3] as a PNG: rows of per_row, each image zoomed, a 2-px white gutter around each so
+    it can be read (and labelled) on its own."""
+    from PIL import Image
+
+    n, h, w, _ = pixels.shape
+    gut = 2
+    rows = (n + per_row - 1) // per_row
+    canvas = np.full((rows * (h * zoom + gut), per_row * (w * zoom + gut), 3), 255, np.uint8)
+    for i, img in enumerate(pixels):
+        r, c = divmod(i, per_row)
+        y, x = r * (h * zoom + gut), c * (w * zoom + gut)
+        canvas[y:y + h * zoom, x:x + w * zoom] = img.repeat(zoom, 0).repeat(zoom, 1)
+    Image.fromarray(canvas).save(out)
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    return (images.float().clamp(0, 1).numpy() * 255).round().astype(np.uint8)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("out", type=Path)
@@ -32,7 +52,6 @@ def main(argv=None) -> int:
     if args.world == "unnamed":
         return look_unnamed(args)
 
-    from PIL import Image
     from safetensors.torch import load_file
 
     from . import base, classify, experiment
@@ -57,15 +76,13 @@ def main(argv=None) -> int:
         print(f"{shape}/{style}: read as " + ", ".join(
             f"{world.SHAPES[s]}/{world.STYLES[y]}" for s, y in zip(shapes.tolist(), styles.tolist())))
         real = world.batch([(shape, style)] * 2, cfg.size, seed=k)[0]
-        rows.append(torch.cat(list(torch.cat([real, imgs.float()], 0)), 1))
-    grid = (torch.cat(rows, 0).clamp(0, 1).numpy() * 255).astype(np.uint8)
-    Image.fromarray(grid).resize((grid.shape[1] * 8, grid.shape[0] * 8), Image.NEAREST).save(args.out)
+        rows.append(to_uint8(torch.cat([real, imgs.float()], 0)))
+    grid(np.concatenate(rows), args.out, per_row=rows[0].shape[0])
     print(f"wrote {args.out}")
     return 0
 
 
 def look_unnamed(args) -> int:
-    from PIL import Image
     from safetensors.torch import load_file
 
     from . import base, classify, gates, unnamed
@@ -89,9 +106,8 @@ def look_unnamed(args) -> int:
         print(f"row {k} {text!r}: read as " + ", ".join(
             f"{unnamed.SHAPES[s]}/{unnamed.STYLES[y]}" + ("" if min(a, b) >= classify.REJECT_BELOW else " (unreadable)")
             for s, y, a, b in zip(ps.tolist(), py.tolist(), cs.tolist(), cy.tolist())))
-        rows.append(torch.cat(list(imgs.float()), 1))
-    grid = (torch.cat(rows, 0).clamp(0, 1).numpy() * 255).astype(np.uint8)
-    Image.fromarray(grid).resize((grid.shape[1] * 8, grid.shape[0] * 8), Image.NEAREST).save(args.out)
+        rows.append(to_uint8(imgs))
+    grid(np.concatenate(rows), args.out, per_row=args.images)
     print(f"wrote {args.out}")
     return 0
 

@@ -4,16 +4,15 @@
         [--preset full-300]
 
 Units keep only the classifiers' readings, not images. This samples the unit again from its cached LoRA files with
-the unit's own seeds (nothing is written to the study's folder) and checks that the readings match the cached unit,
-so the grid is the unit that was scored. Rows per arm: content alone (two new named styles), style alone (two new
-named shapes), both (the training prompts), crossed (with the partner's style), four images each.
+the unit's own seeds (Study.probe_images, the code the unit was made with; nothing is written) and checks that the
+readings match the cached unit, so the grid is the unit that was scored. Rows per arm: content alone (two new named
+styles), style alone (two new named shapes), both (the training prompts), crossed (with the partner's style).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -21,34 +20,10 @@ import numpy as np
 from . import unnamed as W
 
 
-def probe_images(study, arm: str, subject: tuple, seed: int) -> tuple[list, dict]:
-    """([(kind, want, images)], the fresh record) for one unit, sampled in a scratch folder."""
-    from . import classify
-
-    real_dir = study.dir
-    captured = []
-    original = classify.read
-
-    def spy(models, imgs):
-        captured.append(imgs)
-        return original(models, imgs)
-
-    with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "runs").symlink_to(real_dir / "runs")
-        study.dir = Path(tmp)
-        classify.read = spy
-        try:
-            rec = study.unit(arm, subject, seed)
-        finally:
-            classify.read, study.dir = original, real_dir
-    rows = [(p["kind"], p.get("new_style") or p.get("new_shape") or "", imgs) for p, imgs in zip(rec["probes"], captured)]
-    return rows, rec
-
-
 def main(argv=None) -> int:
     from .classify import REJECT_BELOW, read
     from .env import cache_dir
-    from .handcheck import grid
+    from .look import grid, to_uint8
     from .presets_unnamed import PRESETS
     from .study import Study, subject_name
 
@@ -57,7 +32,8 @@ def main(argv=None) -> int:
     ap.add_argument("--arm", action="append", required=True)
     ap.add_argument("--subject", required=True, help="shape/texture, e.g. ring/rings")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--preset", default="full", help="the study's preset (full-300: session 8's first full run)")
+    ap.add_argument("--preset", default="full", choices=sorted(PRESETS),
+                    help="the study's preset (full-300: session 8's first full run)")
     args = ap.parse_args(argv)
     subject = tuple(args.subject.split("/"))
     if subject not in W.SUBJECTS:
@@ -69,16 +45,15 @@ def main(argv=None) -> int:
         if not cached.exists():
             print(f"{arm}: no cached unit for {args.subject} seed {args.seed} yet")
             continue
-        rows, rec = probe_images(study, arm, subject, args.seed)
-        same = [p["shape"] == q["shape"] and p["style"] == q["style"]
-                for p, q in zip(rec["probes"], json.loads(cached.read_text())["probes"])]
-        print(f"{arm}: readings {'match' if all(same) else 'DIFFER FROM'} the cached unit")
-        for kind, want, imgs in rows:
+        scored = json.loads(cached.read_text())["probes"]
+        probes = study.probe_images(study.arm_models(arm, subject, args.seed), subject, args.seed)
+        for (kind, want, imgs), rec in zip(probes, scored):
             (ps, cs), (py, cy) = read(study.models, imgs)
-            print(f"  {kind} {want}: " + ", ".join(
+            same = ps.tolist() == rec["shape"] and py.tolist() == rec["style"]
+            print(f"{arm} {kind} {''.join(want.values())}{'' if same else ' (DIFFERS FROM THE CACHED UNIT)'}: " + ", ".join(
                 f"{W.SHAPES[s]}/{W.STYLES[y]}" + ("" if min(a, b) >= REJECT_BELOW else " (unreadable)")
                 for s, y, a, b in zip(ps.tolist(), py.tolist(), cs.tolist(), cy.tolist())))
-            pixels.append((imgs.clamp(0, 1).numpy() * 255).round().astype(np.uint8))
+            pixels.append(to_uint8(imgs))
     if pixels:
         grid(np.concatenate(pixels), args.out, per_row=pixels[0].shape[0])
         print(f"wrote {args.out}")

@@ -153,7 +153,7 @@ class Study:
                 "final_loss": sum(losses[-20:]) / len(losses[-20:]), "first_loss": sum(losses[:20]) / len(losses[:20]),
                 # the curve in 10 windows: a single image's loss is noisy step to step, and a mode whose LoRAs
                 # diverge (final above first) must be told from one that is flat
-                "loss_curve": [round(sum(c) / len(c), 5) for c in np.array_split(np.array(losses), min(10, len(losses)))],
+                "loss_curve": [round(float(c.mean()), 5) for c in np.array_split(np.array(losses), min(10, len(losses)))],
                 "steps": len(losses), "seconds": round(seconds, 1)}
         if out.exists():  # a run cut off between rename and run.json: its files are redone
             import shutil
@@ -228,6 +228,33 @@ class Study:
 
     # ------------------------------------------------------------------------------------------ probes
 
+    def probe_images(self, models: dict, subject, seed):
+        """(kind, what the probe asked, images) for every probe of one unit, in the unit's order and with its seeds;
+        models: arm_models' result for the unit's arm."""
+        i = W.SUBJECTS.index(tuple(subject))
+        base_seed = seed * 100_000 + i * 1_000
+        negative = plain_conditioning(self.clip, "")
+        model = models["content"][0]
+        for k in range(self.scfg.others):
+            y2 = W.NAMED_STYLES[(i + k) % len(W.NAMED_STYLES)]
+            text = W.prompt(W.SHAPE_WORD, y2, trigger=True)
+            yield "content alone", {"new_style": y2}, sample(model, plain_conditioning(self.clip, text), negative,
+                                                             self.size, self.scfg, base_seed + k)
+        model = models["style"][0]
+        for k in range(self.scfg.others):
+            x2 = W.NAMED_SHAPES[(i + k) % len(W.NAMED_SHAPES)]
+            text = W.prompt(x2, W.STYLE_WORD)
+            yield "style alone", {"new_shape": x2}, sample(model, plain_conditioning(self.clip, text), negative,
+                                                           self.size, self.scfg, base_seed + 100 + k)
+        texts = (W.caption(*subject, trigger=True), W.caption(subject[0], None, True), W.caption(*subject))
+        for kind, off in (("both", 200), ("crossed", 300)):
+            model, hc, hs = models[kind]
+            if hc is None:
+                pos, neg = plain_conditioning(self.clip, texts[0]), negative
+            else:
+                pos, neg = _prompts_node(self.clip, *texts, hc, hs)
+            yield kind, {}, sample(model, pos, neg, self.size, self.scfg, base_seed + off)
+
     def unit(self, arm, subject, seed) -> dict:
         """The cached records of one (arm, subject, seed): every sampled image as (shape, conf, style, conf)."""
         path = self.dir / "units" / f"{arm}__{subject_name(subject)}__s{seed}.json"
@@ -237,36 +264,11 @@ class Study:
 
         models = self.arm_models(arm, subject, seed)  # trains what is missing (timed in run.json)
         t0 = time.time()
-        i = W.SUBJECTS.index(tuple(subject))
-        base_seed = seed * 100_000 + i * 1_000
-        negative = plain_conditioning(self.clip, "")
         probes = []
-
-        def add(kind, imgs, **want):
+        for kind, want, imgs in self.probe_images(models, subject, seed):
             (ps, cs), (py, cy) = read(self.models, imgs)
             probes.append({"kind": kind, **want, "shape": ps.tolist(), "shape_conf": [round(c, 3) for c in cs.tolist()],
                            "style": py.tolist(), "style_conf": [round(c, 3) for c in cy.tolist()]})
-
-        model = models["content"][0]
-        for k in range(self.scfg.others):
-            y2 = W.NAMED_STYLES[(i + k) % len(W.NAMED_STYLES)]
-            text = W.prompt(W.SHAPE_WORD, y2, trigger=True)
-            add("content alone", sample(model, plain_conditioning(self.clip, text), negative, self.size, self.scfg,
-                                        base_seed + k), new_style=y2)
-        model = models["style"][0]
-        for k in range(self.scfg.others):
-            x2 = W.NAMED_SHAPES[(i + k) % len(W.NAMED_SHAPES)]
-            text = W.prompt(x2, W.STYLE_WORD)
-            add("style alone", sample(model, plain_conditioning(self.clip, text), negative, self.size, self.scfg,
-                                      base_seed + 100 + k), new_shape=x2)
-        texts = (W.caption(*subject, trigger=True), W.caption(subject[0], None, True), W.caption(*subject))
-        for kind, off in (("both", 200), ("crossed", 300)):
-            model, hc, hs = models[kind]
-            if hc is None:
-                pos, neg = plain_conditioning(self.clip, texts[0]), negative
-            else:
-                pos, neg = _prompts_node(self.clip, *texts, hc, hs)
-            add(kind, sample(model, pos, neg, self.size, self.scfg, base_seed + off))
         rec = {"arm": arm, "subject": list(subject), "partner": list(W.partner(subject)), "seed": seed,
                "probes": probes, "seconds": round(time.time() - t0, 1)}
         write_json(path, rec)

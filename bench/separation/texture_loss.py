@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 
 import torch
-import torch.nn.functional as F
 
 from . import unnamed as W
 
@@ -24,9 +23,8 @@ def texture_losses(patcher, encoder, size: int, images: int, seed: int = 0) -> d
     from unziplora_pack.training.loop import ddpm_alphas_cumprod
 
     from . import world
-    from .base import adm
+    from .base import denoise_loss
 
-    unet = patcher.model.diffusion_model
     alphas = ddpm_alphas_cumprod().float()
     g = torch.Generator().manual_seed(seed)
     out = {}
@@ -42,9 +40,7 @@ def texture_losses(patcher, encoder, size: int, images: int, seed: int = 0) -> d
         for lo, hi, name in BANDS:
             t = torch.randint(lo, hi, (len(pairs),), generator=g)
             noise = torch.randn(x0.shape, generator=g)
-            a = alphas[t].view(-1, 1, 1, 1)
-            eps = unet(a.sqrt() * x0 + (1 - a).sqrt() * noise, t.float(), context=ctx, y=adm(patcher, pooled, size))
-            row[name] = float(F.mse_loss(eps, noise))
+            row[name] = float(denoise_loss(patcher, alphas, x0, t, noise, ctx, pooled, size))
         out[style] = row
     return out
 

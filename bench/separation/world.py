@@ -38,6 +38,7 @@ PALETTES = {
 # How far a shape moves, grows and turns between renders: "wide" for the named world (its cached runs), "tight" for
 # the unnamed world, whose 16-pixel silhouettes must stay readable to a 5.7 M-parameter base (see unnamed.py)
 POSES = {"wide": (0.12, 0.75, 0.95, 0.3), "tight": (0.05, 0.85, 0.95, 0.08)}
+POSE = "wide"  # this world's; unnamed.POSE is "tight"
 
 
 # ------------------------------------------------------------------------------------------------- rendering
@@ -138,7 +139,7 @@ def to_rgb(latent: torch.Tensor) -> torch.Tensor:
 def batch(pairs, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(rgb [N, size, size, 3], shape ids [N], style ids [N]) for a list of (shape, style), seeded."""
     rng = np.random.default_rng(seed)
-    images = np.stack([render(s, y, size, rng) for s, y in pairs])
+    images = np.stack([render(s, y, size, rng, pose=POSE) for s, y in pairs])
     return (torch.from_numpy(images), torch.tensor([SHAPES.index(s) for s, _ in pairs]),
             torch.tensor([STYLES.index(y) for _, y in pairs]))
 
