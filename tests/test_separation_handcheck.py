@@ -39,10 +39,10 @@ def test_agreement_scores_labelled_factors_counts_unsure_and_rejects_unreadable(
     models = {
         "content": FixedHead([_onehot(s("cross"), 8), _onehot(s("circle"), 8), _onehot(s("tee"), 8, sure=False),
                               _onehot(s("ring"), 8)]),
-        "style": FixedHead([_onehot(y("flat"), 8), _onehot(y("flat"), 8), _onehot(y("slope"), 8),
-                            _onehot(y("grid"), 8)]),
+        "style": FixedHead([_onehot(y("flat"), 8), _onehot(y("flat"), 8), _onehot(y(W.UNNAMED_STYLES[1]), 8),
+                            _onehot(y(W.UNNAMED_STYLES[3]), 8)]),
     }
-    labels = [("cross", "flat"), ("cross", "?"), ("tee", "slope"), ("?", "?")]
+    labels = [("cross", "flat"), ("cross", "?"), ("tee", W.UNNAMED_STYLES[1]), ("?", "?")]
     out = handcheck.agreement(models, torch.zeros(4, 16, 16, 3), labels)
     # shape: image 0 right, image 1 read as circle, image 2 right class but below the reject bar -> wrong
     assert (out["content"]["right"], out["content"]["labelled"], out["content"]["hand_unsure"]) == (1, 3, 1)
