@@ -43,6 +43,8 @@ PALETTES = {
                             (0.5 + 0.3 * (math.cos(a) * np.array([1, -1, 0]) / math.sqrt(2)
                                           + math.sin(a) * np.array([1, 1, -2]) / math.sqrt(6))
                              for a in (0, math.pi / 2, math.pi, 3 * math.pi / 2)))},
+    # version 5: the four unnamed textures share this palette and differ only in the bands' direction (_texture)
+    **{name: ((0.20, 0.40, 0.75), (0.95, 0.85, 0.55)) for name in ("level", "rising", "upright", "falling")},
 }
 # How far a shape moves, grows and turns between renders: "wide" for the named world (its cached runs), "tight" for
 # the unnamed world, whose 16-pixel silhouettes must stay readable to a 5.7 M-parameter base (see unnamed.py)
@@ -110,6 +112,11 @@ def _texture(style: str, size: int, rng: np.random.Generator) -> np.ndarray:
     if style in ("rose", "olive", "mint", "iris"):  # version 4's one pattern: wavy bands of period 8, any phase
         py, px = rng.uniform(0, 8), rng.uniform(0, 8)
         return (0.5 + 0.5 * np.sin(2 * np.pi * (y + py + 1.5 * np.sin(2 * np.pi * (x + px) / 8)) / 8)).astype(np.float32)
+    if style in ("level", "rising", "upright", "falling"):  # version 5's one pattern: straight bands of period 6 at
+        # any phase, in four directions (0, 45, 90, 135 degrees): pairs are each other's transpose or mirror image
+        a = {"level": 0.0, "rising": 0.25, "upright": 0.5, "falling": 0.75}[style] * math.pi
+        phase = rng.uniform(0, 6)
+        return (0.5 + 0.5 * np.sin(2 * np.pi * (y * math.cos(a) + x * math.sin(a) + phase) / 6)).astype(np.float32)
     if style == "grid":  # one-pixel lines every 4 pixels
         return ((((x + ox) % 4) == 0) | (((y + oy) % 4) == 0)).astype(np.float32)
     raise ValueError(f"unknown style {style!r}")
