@@ -39,10 +39,10 @@ def test_agreement_scores_labelled_factors_counts_unsure_and_rejects_unreadable(
     models = {
         "content": FixedHead([_onehot(s("cross"), 8), _onehot(s("circle"), 8), _onehot(s("tee"), 8, sure=False),
                               _onehot(s("ring"), 8)]),
-        "style": FixedHead([_onehot(y("flat"), 8), _onehot(y("flat"), 8), _onehot(y("slope"), 8),
-                            _onehot(y("grid"), 8)]),
+        "style": FixedHead([_onehot(y("flat"), 8), _onehot(y("flat"), 8), _onehot(y(W.UNNAMED_STYLES[1]), 8),
+                            _onehot(y(W.UNNAMED_STYLES[3]), 8)]),
     }
-    labels = [("cross", "flat"), ("cross", "?"), ("tee", "slope"), ("?", "?")]
+    labels = [("cross", "flat"), ("cross", "?"), ("tee", W.UNNAMED_STYLES[1]), ("?", "?")]
     out = handcheck.agreement(models, torch.zeros(4, 16, 16, 3), labels)
     # shape: image 0 right, image 1 read as circle, image 2 right class but below the reject bar -> wrong
     assert (out["content"]["right"], out["content"]["labelled"], out["content"]["hand_unsure"]) == (1, 3, 1)
@@ -52,13 +52,16 @@ def test_agreement_scores_labelled_factors_counts_unsure_and_rejects_unreadable(
 
 
 def test_every_shipped_label_file_matches_its_samples_and_the_worlds_classes():
+    # each set is checked against the classes of the world version that drew it (a v3 label "slope" is valid in
+    # v3's file whichever version is current)
     files = sorted(handcheck.FOLDER.glob("unnamed_v*_labels.json"))
     assert any(f.name == f"unnamed_v{W.VERSION}_gate_labels.json" for f in files), "the current world has no gate set"
     for f in files:
         version, which = f.name.split("_")[1][1:], f.name.split("_")[2]
         images, labels = handcheck.load(int(version), which)
         assert images.shape == (len(labels), 16, 16, 3) and 0 <= float(images.min()) and float(images.max()) <= 1
-        assert sum(a != "?" for a, _ in labels) >= 48 and sum(b != "?" for _, b in labels) >= 48
+        if int(version) == W.VERSION:  # the sets the gate reads; a rejected world's set is kept as evidence only
+            assert sum(a != "?" for a, _ in labels) >= 48 and sum(b != "?" for _, b in labels) >= 48
 
 
 def test_a_label_outside_the_world_is_refused(tmp_path, monkeypatch):

@@ -20,7 +20,8 @@ from . import analysis as A
 from . import unnamed as W
 from .env import REPO, cache_dir
 
-SECTION = "## Separation benchmark, unnamed world (issue 18)"
+SECTION = f"## Separation benchmark, unnamed world v{W.VERSION} (issue 18)"
+RUNS_CSV = f"unnamed_v{W.VERSION}_runs.csv"  # bench/separation/results/
 
 
 def build(argv=None) -> argparse.ArgumentParser:
@@ -103,7 +104,7 @@ def main(argv=None, log=print) -> dict:
         command = ".venv/bin/python -m bench.separation " + " ".join(argv or [])
         write_section(section(result, command.strip(), preset))
         (REPO / "bench" / "separation" / "results").mkdir(exist_ok=True)
-        (REPO / "bench" / "separation" / "results" / "unnamed_runs.csv").write_text(A.runs_csv(result["runs"]))
+        (REPO / "bench" / "separation" / "results" / RUNS_CSV).write_text(A.runs_csv(result["runs"]))
     return result
 
 
@@ -158,7 +159,7 @@ def section(result: dict, command: str, preset: dict) -> str:
              *([A.per_subject_text(result["per_subject"]), ""] if "per_subject" in result else []),
              *(["M3 with the block roles the diagnostic found, an extra row outside the Holm family:", "",
                 A.claims_table(result["extra"], A.EXTRA), ""] if "extra" in result else []),
-             "LoRA runs (per run in bench/separation/results/unnamed_runs.csv):", "", A.runs_table(result["runs"]), ""]
+             f"LoRA runs (per run in bench/separation/results/{RUNS_CSV}):", "", A.runs_table(result["runs"]), ""]
     return "\n".join(lines)
 
 

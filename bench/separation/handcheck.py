@@ -79,8 +79,9 @@ def load(version: int = W.VERSION, which: str = "gate"):
     labels = json.loads(labels_path.read_text())["labels"]
     if len(labels) != len(data["images"]):
         raise ValueError(f"{labels_path.name}: {len(labels)} labels for {len(data['images'])} images")
+    styles = (*W.NAMED_STYLES, *W.VERSIONS[version])  # the classes of the version that drew the set
     for shape, style in labels:
-        if shape not in (*W.SHAPES, "?") or style not in (*W.STYLES, "?"):
+        if shape not in (*W.SHAPES, "?") or style not in (*styles, "?"):
             raise ValueError(f"{labels_path.name}: label {shape}/{style} is not a class of the world (or '?')")
     return torch.from_numpy(data["images"]).float() / 255, labels
 

@@ -34,6 +34,17 @@ PALETTES = {
     "waves": ((0.95, 0.40, 0.60), (0.20, 0.55, 0.25)),
     "grid": ((0.85, 0.85, 0.80), (0.45, 0.10, 0.10)),
     "rings": ((0.20, 0.85, 0.95), (0.10, 0.15, 0.45)),
+    # the unnamed world's version 4 (unnamed.py): one pattern in four palettes placed symmetrically around grey, so
+    # no unnamed texture is easier to draw or closer to the average image than another. Each palette's middle is
+    # grey 0.5 moved 0.3 along a direction of the plane orthogonal to the grey axis (0, 90, 180, 270 degrees), and
+    # its two colours are that middle -0.2 and +0.2 on every channel: the same contrast, all in luminance.
+    **{name: (tuple(round(float(c) - 0.2, 3) for c in mid), tuple(round(float(c) + 0.2, 3) for c in mid))
+       for name, mid in zip(("rose", "olive", "mint", "iris"),
+                            (0.5 + 0.3 * (math.cos(a) * np.array([1, -1, 0]) / math.sqrt(2)
+                                          + math.sin(a) * np.array([1, 1, -2]) / math.sqrt(6))
+                             for a in (0, math.pi / 2, math.pi, 3 * math.pi / 2)))},
+    # version 5: the four unnamed textures share this palette and differ only in the bands' direction (_texture)
+    **{name: ((0.20, 0.40, 0.75), (0.95, 0.85, 0.55)) for name in ("level", "rising", "upright", "falling")},
 }
 # How far a shape moves, grows and turns between renders: "wide" for the named world (its cached runs), "tight" for
 # the unnamed world, whose 16-pixel silhouettes must stay readable to a 5.7 M-parameter base (see unnamed.py)
@@ -98,6 +109,14 @@ def _texture(style: str, size: int, rng: np.random.Generator) -> np.ndarray:
         cx, cy = rng.uniform(-2, 2, 2)
         r = np.hypot(x - (size - 1) / 2 + cx, y - (size - 1) / 2 + cy)
         return ((r // 2) % 2).astype(np.float32)
+    if style in ("rose", "olive", "mint", "iris"):  # version 4's one pattern: wavy bands of period 8, any phase
+        py, px = rng.uniform(0, 8), rng.uniform(0, 8)
+        return (0.5 + 0.5 * np.sin(2 * np.pi * (y + py + 1.5 * np.sin(2 * np.pi * (x + px) / 8)) / 8)).astype(np.float32)
+    if style in ("level", "rising", "upright", "falling"):  # version 5's one pattern: straight bands of period 6 at
+        # any phase, in four directions (0, 45, 90, 135 degrees): pairs are each other's transpose or mirror image
+        a = {"level": 0.0, "rising": 0.25, "upright": 0.5, "falling": 0.75}[style] * math.pi
+        phase = rng.uniform(0, 6)
+        return (0.5 + 0.5 * np.sin(2 * np.pi * (y * math.cos(a) + x * math.sin(a) + phase) / 6)).astype(np.float32)
     if style == "grid":  # one-pixel lines every 4 pixels
         return ((((x + ox) % 4) == 0) | (((y + oy) % 4) == 0)).astype(np.float32)
     raise ValueError(f"unknown style {style!r}")
