@@ -128,3 +128,19 @@ def test_the_per_subject_prior_family_drops_the_favoured_texture_and_judges_the_
     assert out["claims"]["C8"]["verdict"] == "not testable"  # the block gate failed
     primary = A.claims(units, gates, A.recreate_gates(units, ("naive", "unziplora")))
     assert primary["C1"]["verdict"] == "not testable"  # the whole-prompt prior gate still decides the primary family
+
+
+def test_the_same_units_give_the_same_interval_in_every_process():
+    """Bug (session 9): paired_deltas walked a set of (subject, seed) keys, whose order follows PYTHONHASHSEED, and
+    the bootstrap draws values by position, so two reports of one cached run printed different intervals."""
+    import os
+    import subprocess
+
+    code = ("import sys; sys.path.insert(0, '.'); import numpy as np; from bench.separation import stats; "
+            "r = np.random.default_rng(3); keys = [(f'subject{i}', s) for i in range(16) for s in (0, 1)]; "
+            "a = {k: float(r.random()) for k in keys}; b = {k: float(r.random()) for k in keys}; "
+            "c = stats.compare(a, b); print(repr((c['low'], c['high'])))")
+    root = str(Path(__file__).resolve().parents[1])
+    outs = {subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True,
+                           env={**os.environ, "PYTHONHASHSEED": str(h)}).stdout for h in (1, 2, 3, 4)}
+    assert len(outs) == 1, outs

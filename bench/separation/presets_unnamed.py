@@ -24,3 +24,9 @@ PRESETS = {
 }
 # session 8's first full run (RESULTS: "LoRA recipe 300 steps at lr 2e-3"): --preset full-300
 PRESETS["full-300"] = {**PRESETS["full"], "lora": LoraConfig(steps=300, rank=32, lr=2e-3)}
+# Session 9's diagnostic of the prior gate, registered before its base trained: v3 with a base trained twice as long.
+# If the prior follows fit (bench/RESULTS.md: slope fit best and took 0.69, rings worst and never drawn), a longer
+# base fits the hard textures better and the prior's largest texture falls. Its base costs ~50 min, so a run on it
+# would be over the 150-minute budget: a diagnostic, not a replacement for `full`.
+#   .venv/bin/python -m bench.separation.base_chunk --preset full-base8k; then --preset full-base8k --report
+PRESETS["full-base8k"] = {**PRESETS["full"], "base": BaseConfig(steps=8000, world="unnamed", world_version=unnamed.VERSION)}

@@ -34,7 +34,9 @@ def by_subject(values: Mapping[tuple, float]) -> dict:
 
 def paired_deltas(a: Mapping[tuple, float], b: Mapping[tuple, float]) -> dict:
     """{subject: mean over seeds of a - b}, on the units both have."""
-    common = set(a) & set(b)
+    # sorted: a set's order follows the process's string hash seed, and the bootstrap indexes the values by position,
+    # so an unsorted order gave the same units different intervals in different processes
+    common = sorted(set(a) & set(b))
     return by_subject({u: a[u] - b[u] for u in common})
 
 
