@@ -1,7 +1,7 @@
 """Diagnostic, not a gate: the base model's denoising loss per texture, on fresh renders captioned as in its
 training ("a ring in pattern style" -> "a shape in pattern style"), in three noise bands.
 
-    .venv/bin/python -m bench.separation.texture_loss [--images 96]
+    .venv/bin/python -m bench.separation.texture_loss [--images 96] [--preset full-base8k]
 
 A texture the base fits worse at low noise is one it cannot draw: its samples keep speckle where the detail should
 be, and "a shape in pattern style" drifts to the textures it fits best (the prior gate).
@@ -54,9 +54,10 @@ def main(argv=None) -> int:
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--images", type=int, default=96)
+    ap.add_argument("--preset", choices=sorted(PRESETS), default="full", help="whose base (e.g. full-base8k)")
     args = ap.parse_args(argv)
     setup()
-    cfg = PRESETS["full"]["base"]
+    cfg = PRESETS[args.preset]["base"]
     patcher = base.build_model(cfg, load_file(str(cache_dir() / f"{cfg.key()}.safetensors")))
     losses = texture_losses(patcher, W.encoder(cfg.tokens), cfg.size, args.images)
     print("| texture | caption word | " + " | ".join(name for _, _, name in BANDS) + " |")
