@@ -210,3 +210,30 @@ def test_the_base_resumes_exactly_where_a_paused_chunk_stopped(tmp_path):
     a, b = straight.model.diffusion_model.state_dict(), patcher.model.diffusion_model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not list((tmp_path / "b").glob("*.resume.pt"))  # the resume state goes once the base is saved
+
+
+def test_diagnostics_load_the_cached_base_and_redraw_from_a_given_image(tmp_path):
+    """base.load_cached (handcheck, texture_loss, colour_drift) reads what load_or_train saved and names the command
+    when nothing is there; experiment.sample redraws given images at denoise < 1 instead of sampling from noise."""
+    import pytest
+
+    from bench.separation import base, experiment, gates, unnamed
+
+    torch.set_num_threads(1)
+    cfg = base.BaseConfig(steps=2, batch=2, world="unnamed")
+    trained, _ = base.load_or_train(cfg, unnamed.encoder(cfg.tokens), tmp_path, log=lambda *a: None)
+    cached = base.load_cached(cfg, tmp_path)
+    a, b = trained.model.diffusion_model.state_dict(), cached.model.diffusion_model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(SystemExit, match="base_chunk"):
+        base.load_cached(cfg, tmp_path / "empty")
+
+    rgb, _, _ = unnamed.batch([("ring", "slope"), ("tee", "grid")], cfg.size, seed=1)
+    clip = experiment.WorldClip(unnamed.encoder(cfg.tokens), cfg.size)
+    texts = ["a shape in pattern style"] * 2
+    pos, neg = gates.conditioning_batch(clip, texts), gates.conditioning_batch(clip, [""] * 2)
+    scfg = experiment.SampleConfig(steps=4, per_prompt=2)
+    redrawn = experiment.sample(cached, pos, neg, cfg.size, scfg, 0, start=world.to_latent(rgb), denoise=0.05)
+    free = experiment.sample(cached, pos, neg, cfg.size, scfg, 0)
+    # a two-step base draws noise from scratch; at denoise 0.05 the redraw stays on the given images
+    assert float((redrawn - rgb).abs().mean()) < 0.05 < float((free - rgb).abs().mean())

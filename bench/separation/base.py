@@ -217,14 +217,25 @@ def train_base(cfg: BaseConfig, encoder: world.WordEncoder, log=print, on_checkp
     return patcher, info
 
 
+def load_cached(cfg: BaseConfig, cache):
+    """The cached base for cfg, for the diagnostics that read it (they never train one)."""
+    from safetensors.torch import load_file
+
+    path = cache / f"{cfg.key()}.safetensors"
+    if not path.exists():
+        raise SystemExit(f"no trained base at {path}: train it first with "
+                         "`.venv/bin/python -m bench.separation.base_chunk` (add --preset for another preset's base)")
+    return build_model(cfg, load_file(str(path)))
+
+
 def load_or_train(cfg: BaseConfig, encoder: world.WordEncoder, cache, log=print, budget_s: float | None = None):
     """The cached base model for cfg (trained and saved when missing; (None, None) if budget_s ran out first)."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
 
     path = cache / f"{cfg.key()}.safetensors"
     meta = path.with_suffix(".json")
     if path.exists() and meta.exists():
-        return build_model(cfg, load_file(str(path))), json.loads(meta.read_text())
+        return load_cached(cfg, cache), json.loads(meta.read_text())
     cache.mkdir(parents=True, exist_ok=True)
 
     state_file = path.with_name(f"{path.stem}.resume.pt")

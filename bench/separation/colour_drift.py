@@ -21,40 +21,31 @@ def main(argv=None) -> int:
     ap.add_argument("out_prefix")
     args = ap.parse_args(argv)
     import torch
-    from safetensors.torch import load_file
 
     from .env import cache_dir, setup
 
     setup()
-    import comfy.sample
-
     from . import base, experiment, gates, world
     from . import unnamed as W
     from .look import grid, to_uint8
     from .presets_unnamed import PRESETS
 
     cfg = PRESETS["full"]["base"]
-    patcher = base.build_model(cfg, load_file(str(cache_dir() / f"{cfg.key()}.safetensors")))
+    patcher = base.load_cached(cfg, cache_dir())
     clip = experiment.WorldClip(W.encoder(cfg.tokens), cfg.size)
     pairs = [(s, y) for y in W.UNNAMED_STYLES for s in W.UNNAMED_SHAPES]
     rgb, _, _ = W.batch(pairs, cfg.size, seed=11)
-    latent = world.to_latent(rgb)
-    scale = patcher.model.latent_format.scale_factor
     texts = [W.caption(s, y) for s, y in pairs]
     pos, neg = gates.conditioning_batch(clip, texts), gates.conditioning_batch(clip, [""] * len(texts))
-    rows = [rgb]
-    for denoise in (0.5, 0.7, 0.85):
-        noise = comfy.sample.prepare_noise(latent, 5)
-        noise = noise - noise.mean(dim=(2, 3), keepdim=True)
-        out = comfy.sample.sample(patcher, noise, 16, 4.0, "dpmpp_2m", "karras", pos, neg, latent / scale,
-                                  denoise=denoise, disable_pbar=True, seed=5)
-        rows.append(world.to_rgb(out * scale))
+    scfg = experiment.SampleConfig()
+    redraw = replace(scfg, per_prompt=len(pairs))
+    rows = [rgb] + [experiment.sample(patcher, pos, neg, cfg.size, redraw, 5, start=world.to_latent(rgb), denoise=d)
+                    for d in (0.5, 0.7, 0.85)]
     redrawn = torch.cat([torch.stack([r[i] for r in rows]) for i in range(len(pairs))])
     grid(to_uint8(redrawn), f"{args.out_prefix}_redrawn.png", per_row=8)
     prior = ["a shape in pattern style"] * 24
-    scfg = replace(experiment.SampleConfig(), per_prompt=24)
     halves = [experiment.sample(patcher, gates.conditioning_batch(clip, prior), gates.conditioning_batch(clip, [""] * 24),
-                                cfg.size, scfg, 600, zero_mean_noise=zm) for zm in (True, False)]
+                                cfg.size, replace(scfg, per_prompt=24), 600, zero_mean_noise=zm) for zm in (True, False)]
     grid(to_uint8(torch.cat(halves)), f"{args.out_prefix}_prior.png", per_row=12)
     print(f"wrote {args.out_prefix}_redrawn.png and {args.out_prefix}_prior.png")
     return 0

@@ -73,11 +73,13 @@ def plain_conditioning(clip: WorldClip, text: str):
 
 
 def sample(model_patcher, positive, negative, size: int, scfg: SampleConfig, seed: int,
-           zero_mean_noise: bool = True) -> torch.Tensor:
-    """[per_prompt, H, W, 3] images from ComfyUI's sampler."""
+           zero_mean_noise: bool = True, start: torch.Tensor | None = None, denoise: float = 1.0) -> torch.Tensor:
+    """[per_prompt, H, W, 3] images from ComfyUI's sampler; from `start` (world latents [per_prompt, 4, H, W]) at
+    `denoise` < 1 for a redraw of given images."""
     import comfy.sample
 
-    lat = torch.zeros(scfg.per_prompt, 4, size, size)
+    scale = model_patcher.model.latent_format.scale_factor  # sample() takes and returns latents divided by it
+    lat = torch.zeros(scfg.per_prompt, 4, size, size) if start is None else start / scale
     noise = comfy.sample.prepare_noise(lat, seed)
     # Zero-mean start noise (per image and channel). On a 16 x 16 latent the noise's own mean (std 1/16 per channel,
     # x sigma_max 14.6) is as large as the image's, and an epsilon model amplifies any error in it by sigma: sampled
@@ -86,8 +88,7 @@ def sample(model_patcher, positive, negative, size: int, scfg: SampleConfig, see
     if zero_mean_noise:
         noise = noise - noise.mean(dim=(2, 3), keepdim=True)
     out = comfy.sample.sample(model_patcher, noise, scfg.steps, scfg.cfg, scfg.sampler, scfg.scheduler, positive,
-                              negative, lat, disable_pbar=True, seed=seed)
-    scale = model_patcher.model.latent_format.scale_factor  # sample() returns latents divided by it
+                              negative, lat, denoise=denoise, disable_pbar=True, seed=seed)
     return world.to_rgb(out * scale)
 
 

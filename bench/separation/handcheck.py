@@ -47,8 +47,6 @@ def paths(version: int = W.VERSION, which: str = "gate") -> tuple[Path, Path, Pa
 
 
 def make(which: str = "gate") -> None:
-    from safetensors.torch import load_file
-
     from . import base, gates
     from .env import cache_dir, setup
     from .experiment import SampleConfig, WorldClip
@@ -57,7 +55,7 @@ def make(which: str = "gate") -> None:
 
     setup()
     cfg = PRESETS["full"]["base"]
-    patcher = base.build_model(cfg, load_file(str(cache_dir() / f"{cfg.key()}.safetensors")))
+    patcher = base.load_cached(cfg, cache_dir())
     clip = WorldClip(W.encoder(cfg.tokens), cfg.size)
     all_texts = texts()
     imgs = torch.cat([gates.sample_texts(patcher, clip, all_texts[i:i + PER_ROW], SampleConfig(), cfg.size, SETS[which] + i)

@@ -3,6 +3,8 @@ base model, so changing it means training a new base (~45 min on a quiet core, h
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from . import unnamed
 from .base import BaseConfig
 from .experiment import LoraConfig, SampleConfig
@@ -29,4 +31,4 @@ PRESETS["full-300"] = {**PRESETS["full"], "lora": LoraConfig(steps=300, rank=32,
 # base fits the hard textures better and the prior's largest texture falls. Its base costs ~50 min, so a run on it
 # would be over the 150-minute budget: a diagnostic, not a replacement for `full`.
 #   .venv/bin/python -m bench.separation.base_chunk --preset full-base8k; then --preset full-base8k --report
-PRESETS["full-base8k"] = {**PRESETS["full"], "base": BaseConfig(steps=8000, world="unnamed", world_version=unnamed.VERSION)}
+PRESETS["full-base8k"] = {**PRESETS["full"], "base": replace(BASE, steps=8000)}

@@ -46,8 +46,6 @@ def texture_losses(patcher, encoder, size: int, images: int, seed: int = 0) -> d
 
 
 def main(argv=None) -> int:
-    from safetensors.torch import load_file
-
     from . import base
     from .env import cache_dir, setup
     from .presets_unnamed import PRESETS
@@ -58,7 +56,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     setup()
     cfg = PRESETS[args.preset]["base"]
-    patcher = base.build_model(cfg, load_file(str(cache_dir() / f"{cfg.key()}.safetensors")))
+    patcher = base.load_cached(cfg, cache_dir())
     losses = texture_losses(patcher, W.encoder(cfg.tokens), cfg.size, args.images)
     print("| texture | caption word | " + " | ".join(name for _, _, name in BANDS) + " |")
     print("|---|---|" + "---|" * len(BANDS))

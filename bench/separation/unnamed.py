@@ -58,8 +58,7 @@ NAME = "unnamed"
 # base's blurred samples the classifiers disagreed with a person on direction (texture 43/53 = 0.81 < 0.95).
 # So the default stays version 3, the world with a complete run; UNZIPLORA_SEPARATION_WORLD=4 or 5 selects a
 # rejected version, to repeat its gates (bench/RESULTS.md).
-VERSIONS = {3: ("rings", "slope", "waves", "grid"), 4: ("rose", "olive", "mint", "iris"),
-            5: ("level", "rising", "upright", "falling")}
+VERSIONS = {3: ("rings", "slope", "waves", "grid"), 4: world.PALETTE_WAVES, 5: tuple(world.BAND_DIRECTIONS)}
 VERSION = int(os.environ.get("UNZIPLORA_SEPARATION_WORLD", "3"))
 if VERSION not in VERSIONS:
     raise SystemExit(f"UNZIPLORA_SEPARATION_WORLD={VERSION}: the unnamed world has versions {sorted(VERSIONS)}")

@@ -22,6 +22,10 @@ TRAIN_PAIRS = tuple((s, y) for s in SHAPES for y in STYLES if (s, y) not in HELD
 TRIGGER = "sks"
 
 BACKGROUND = (0.12, 0.12, 0.12)
+# the unnamed world's rejected versions 4 and 5 (unnamed.py): one wavy pattern in four palettes; one palette in
+# straight bands of four directions (degrees / 180)
+PALETTE_WAVES = ("rose", "olive", "mint", "iris")
+BAND_DIRECTIONS = {"level": 0.0, "rising": 0.25, "upright": 0.5, "falling": 0.75}
 # (colour of texture value 0, colour of texture value 1): every colour is far from the background
 PALETTES = {
     "stripes": ((0.90, 0.10, 0.10), (1.00, 0.90, 0.20)),
@@ -39,12 +43,12 @@ PALETTES = {
     # grey 0.5 moved 0.3 along a direction of the plane orthogonal to the grey axis (0, 90, 180, 270 degrees), and
     # its two colours are that middle -0.2 and +0.2 on every channel: the same contrast, all in luminance.
     **{name: (tuple(round(float(c) - 0.2, 3) for c in mid), tuple(round(float(c) + 0.2, 3) for c in mid))
-       for name, mid in zip(("rose", "olive", "mint", "iris"),
+       for name, mid in zip(PALETTE_WAVES,
                             (0.5 + 0.3 * (math.cos(a) * np.array([1, -1, 0]) / math.sqrt(2)
                                           + math.sin(a) * np.array([1, 1, -2]) / math.sqrt(6))
                              for a in (0, math.pi / 2, math.pi, 3 * math.pi / 2)))},
     # version 5: the four unnamed textures share this palette and differ only in the bands' direction (_texture)
-    **{name: ((0.20, 0.40, 0.75), (0.95, 0.85, 0.55)) for name in ("level", "rising", "upright", "falling")},
+    **{name: ((0.20, 0.40, 0.75), (0.95, 0.85, 0.55)) for name in BAND_DIRECTIONS},
 }
 # How far a shape moves, grows and turns between renders: "wide" for the named world (its cached runs), "tight" for
 # the unnamed world, whose 16-pixel silhouettes must stay readable to a 5.7 M-parameter base (see unnamed.py)
@@ -82,6 +86,12 @@ def _inside(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     raise ValueError(f"unknown shape {shape!r}")
 
 
+def _wavy_bands(x: np.ndarray, y: np.ndarray, period: float, rng: np.random.Generator) -> np.ndarray:
+    """Horizontal bands of the given period, wobbling 1.5 px with period 8 along x, at a phase drawn over a period."""
+    py, px = rng.uniform(0, period), rng.uniform(0, 8)
+    return (0.5 + 0.5 * np.sin(2 * np.pi * (y + py + 1.5 * np.sin(2 * np.pi * (x + px) / 8)) / period)).astype(np.float32)
+
+
 def _texture(style: str, size: int, rng: np.random.Generator) -> np.ndarray:
     """Texture value in [0, 1] per pixel (which of the palette's two colours)."""
     y, x = np.mgrid[0:size, 0:size]
@@ -103,18 +113,16 @@ def _texture(style: str, size: int, rng: np.random.Generator) -> np.ndarray:
         ramp = (y if ox % 2 == 0 else x) / (size - 1)
         return (ramp if oy % 2 == 0 else 1 - ramp).astype(np.float32)
     if style == "waves":  # wavy horizontal bands, period 6, at a phase drawn over the whole period (it averages out)
-        py, px = rng.uniform(0, 6), rng.uniform(0, 8)
-        return (0.5 + 0.5 * np.sin(2 * np.pi * (y + py + 1.5 * np.sin(2 * np.pi * (x + px) / 8)) / 6)).astype(np.float32)
+        return _wavy_bands(x, y, 6, rng)
     if style == "rings":  # concentric rings, period 4, around a centre up to 2 px off the image's: it averages out
         cx, cy = rng.uniform(-2, 2, 2)
         r = np.hypot(x - (size - 1) / 2 + cx, y - (size - 1) / 2 + cy)
         return ((r // 2) % 2).astype(np.float32)
-    if style in ("rose", "olive", "mint", "iris"):  # version 4's one pattern: wavy bands of period 8, any phase
-        py, px = rng.uniform(0, 8), rng.uniform(0, 8)
-        return (0.5 + 0.5 * np.sin(2 * np.pi * (y + py + 1.5 * np.sin(2 * np.pi * (x + px) / 8)) / 8)).astype(np.float32)
-    if style in ("level", "rising", "upright", "falling"):  # version 5's one pattern: straight bands of period 6 at
-        # any phase, in four directions (0, 45, 90, 135 degrees): pairs are each other's transpose or mirror image
-        a = {"level": 0.0, "rising": 0.25, "upright": 0.5, "falling": 0.75}[style] * math.pi
+    if style in PALETTE_WAVES:  # version 4's one pattern: the waves at period 8
+        return _wavy_bands(x, y, 8, rng)
+    if style in BAND_DIRECTIONS:  # version 5's one pattern: straight bands of period 6 at any phase, in four
+        # directions (0, 45, 90, 135 degrees): pairs are each other's transpose or mirror image
+        a = BAND_DIRECTIONS[style] * math.pi
         phase = rng.uniform(0, 6)
         return (0.5 + 0.5 * np.sin(2 * np.pi * (y * math.cos(a) + x * math.sin(a) + phase) / 6)).astype(np.float32)
     if style == "grid":  # one-pixel lines every 4 pixels
