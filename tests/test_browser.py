@@ -459,7 +459,8 @@ def test_help_page(session):
                               window.app.graph.setDirtyCanvas(true, true); }""", TRAIN_ID)
     page.locator("[data-testid=info-button]").first.click(timeout=10_000)
     # the help page: PrimeVue's .markdown-content in 1.32, .node-help-content (comfy-markdown-content) in 1.58
-    help_box = page.locator(".markdown-content, .node-help-content")
+    # the box shows before its markdown has been fetched (CI read it empty once): wait for the page's text
+    help_box = page.locator(".markdown-content, .node-help-content").filter(has_text="checkpoint_every")
     help_box.first.wait_for(state="visible", timeout=15_000)
     text = help_box.first.inner_text()
     assert "checkpoint_every" in text and "Resume" in text, text[:500]
