@@ -83,6 +83,24 @@ def test_unnamed_world_names_no_subject_factor():
     assert not set(unnamed.HELD_OUT) & set(unnamed.TRAIN_PAIRS) and set(unnamed.SUBJECTS) <= set(unnamed.TRAIN_PAIRS)
 
 
+def test_world_v6_weights_only_the_bases_draw_by_texture():
+    from collections import Counter
+
+    from bench.separation import unnamed
+
+    # without weights the draw is the one v3's cached bases were trained on (pairs recorded before v6 existed)
+    assert unnamed.random_pairs(6, seed=123, pairs=unnamed.TRAIN_PAIRS) == [
+        ("circle", "dots"), ("bars", "rings"), ("ring", "grid"), ("circle", "rings"), ("tee", "checker"),
+        ("square", "grid")]
+    weights = unnamed.TRAIN_WEIGHTS_BY_VERSION[6]
+    assert unnamed.VERSIONS[6] == unnamed.VERSIONS[3] and sum(weights.values()) == len(weights)
+    drawn = Counter(y for _, y in unnamed.random_pairs(40_000, seed=5, pairs=unnamed.TRAIN_PAIRS, weights=weights))
+    per_pair = {y: drawn[y] / sum(1 for _, t in unnamed.TRAIN_PAIRS if t == y) for y in unnamed.STYLES}
+    flat = per_pair["stripes"]
+    for y in unnamed.STYLES:  # each pair drawn in proportion to its texture's weight (named ones 1)
+        assert abs(per_pair[y] / flat - weights.get(y, 1.0)) < 0.08, (y, per_pair[y] / flat)
+
+
 def _side(role, ups, rank=2, width=6, seed=0):
     from bench.separation.env import setup
 

@@ -171,10 +171,15 @@ def batch(pairs, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torc
             torch.tensor([STYLES.index(y) for _, y in pairs]))
 
 
-def random_pairs(n: int, seed: int, pairs=None) -> list[tuple[str, str]]:
+def random_pairs(n: int, seed: int, pairs=None, weights=None) -> list[tuple[str, str]]:
+    """n pairs drawn from `pairs` (default: every pair); `weights` maps a style to how often its pairs are drawn
+    relative to the others (missing styles 1). Without weights the draw is the one every earlier cache was made by."""
     pool = list(pairs) if pairs is not None else [(s, y) for s in SHAPES for y in STYLES]
     rng = np.random.default_rng(seed)
-    return [pool[i] for i in rng.integers(0, len(pool), n)]
+    if not weights:
+        return [pool[i] for i in rng.integers(0, len(pool), n)]
+    p = np.array([float(weights.get(y, 1.0)) for _, y in pool])
+    return [pool[i] for i in rng.choice(len(pool), size=n, p=p / p.sum())]
 
 
 # ------------------------------------------------------------------------------------------------- prompts
