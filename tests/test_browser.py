@@ -457,6 +457,9 @@ def test_help_page(session):
     page.evaluate("""(id) => { const c = window.app.canvas; c.ds.scale = 1; c.ds.offset = [0, 160];
                               c.selectNode(window.app.graph.getNodeById(id));
                               window.app.graph.setDirtyCanvas(true, true); }""", TRAIN_ID)
+    # hold the page's markdown back a moment, as a slow server would: the box must not be read before it arrives
+    page.route(f"**/extensions/{PACK_FOLDER}/docs/UnZipLoRATrain*.md",
+               lambda route: (time.sleep(5), route.continue_()))
     page.locator("[data-testid=info-button]").first.click(timeout=10_000)
     # the help page: PrimeVue's .markdown-content in 1.32, .node-help-content (comfy-markdown-content) in 1.58
     # the box shows before its markdown has been fetched (CI read it empty once): wait for the page's text
