@@ -120,9 +120,9 @@ def test_entry_without_streams_is_an_ordinary_lora(tiny_sdxl, lora):
     assert_close(out, ref)
 
 
-CLONE_SHARES = ("known, open (issue 19): this host's ModelPatcher.clone copies model_options' dicts but not the patch "
-                "objects in them, so an attn2 patch added on a clone (IPAdapter's .add) also reaches the model it was "
-                "cloned from, as for every replace patch on this host")
+CLONE_SHARES = ("a known limitation of ComfyUI 0.33.0, not of the pack (issue 19): its ModelPatcher.clone copies "
+                "model_options' dicts but not the patch objects in them, so an attn2 patch added on a clone "
+                "(IPAdapter's .add) also reaches the model it was cloned from, as for every replace patch on this host")
 
 
 def _clone_shares_patch_objects() -> bool:
