@@ -101,6 +101,18 @@ def test_world_v6_weights_only_the_bases_draw_by_texture():
         assert abs(per_pair[y] / flat - weights.get(y, 1.0)) < 0.08, (y, per_pair[y] / flat)
 
 
+def test_the_base_draws_its_training_pairs_with_the_worlds_weights(monkeypatch):
+    from bench.separation import base, unnamed
+
+    seen, draw = [], unnamed.random_pairs
+    monkeypatch.setattr(unnamed, "random_pairs", lambda *a, **k: seen.append(k.get("weights")) or draw(*a, **k))
+    monkeypatch.setattr(unnamed, "TRAIN_WEIGHTS", unnamed.TRAIN_WEIGHTS_BY_VERSION[6])
+    torch.set_num_threads(1)
+    cfg = base.BaseConfig(steps=2, batch=2, world="unnamed")
+    base.train_base(cfg, unnamed.encoder(cfg.tokens), log=lambda *a: None)
+    assert seen == [unnamed.TRAIN_WEIGHTS_BY_VERSION[6]] * 2
+
+
 def _side(role, ups, rank=2, width=6, seed=0):
     from bench.separation.env import setup
 

@@ -183,7 +183,7 @@ def train_base(cfg: BaseConfig, encoder: world.WordEncoder, log=print, on_checkp
     started = time.time()
     for step in range(first, cfg.stop_at or cfg.steps):
         pairs = w.random_pairs(cfg.batch, seed=cfg.seed * 1_000_003 + step, pairs=w.TRAIN_PAIRS,
-                               weights=getattr(w, "TRAIN_WEIGHTS", None))
+                               weights=w.TRAIN_WEIGHTS)
         rgb, _, _ = w.batch(pairs, cfg.size, seed=cfg.seed * 7_000_001 + step)
         x0 = world.to_latent(rgb)
         texts = captions(pairs, rng, cfg)

@@ -43,7 +43,7 @@ def main(argv=None) -> int:
                     for d in (0.5, 0.7, 0.85)]
     redrawn = torch.cat([torch.stack([r[i] for r in rows]) for i in range(len(pairs))])
     grid(to_uint8(redrawn), f"{args.out_prefix}_redrawn.png", per_row=8)
-    prior = ["a shape in pattern style"] * 24
+    prior = [W.caption(W.UNNAMED_SHAPES[0], W.UNNAMED_STYLES[0])] * 24  # "a shape in pattern style", as the prior gate
     halves = [experiment.sample(patcher, gates.conditioning_batch(clip, prior), gates.conditioning_batch(clip, [""] * 24),
                                 cfg.size, replace(scfg, per_prompt=24), 600, zero_mean_noise=zm) for zm in (True, False)]
     grid(to_uint8(torch.cat(halves)), f"{args.out_prefix}_prior.png", per_row=12)

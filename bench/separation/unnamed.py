@@ -70,8 +70,8 @@ NAME = "unnamed"
 # classifiers, 0 of 48 by hand). Only 0.38 of its images read as an unnamed shape in an unnamed texture (rule 0.8).
 # So the default stays version 3, the world with a complete run; UNZIPLORA_SEPARATION_WORLD=4, 5 or 6 selects a
 # rejected version, to repeat its gates (bench/RESULTS.md).
-VERSIONS = {3: ("rings", "slope", "waves", "grid"), 4: world.PALETTE_WAVES, 5: tuple(world.BAND_DIRECTIONS),
-            6: ("rings", "slope", "waves", "grid")}
+V3_TEXTURES = ("rings", "slope", "waves", "grid")
+VERSIONS = {3: V3_TEXTURES, 4: world.PALETTE_WAVES, 5: tuple(world.BAND_DIRECTIONS), 6: V3_TEXTURES}
 # how often the base's training draws pairs in each unnamed texture, relative to the rest (uniform when absent)
 TRAIN_WEIGHTS_BY_VERSION = {6: {"rings": 1.5, "waves": 1.0, "grid": 1.0, "slope": 0.5}}
 VERSION = int(os.environ.get("UNZIPLORA_SEPARATION_WORLD", "3"))

@@ -20,6 +20,7 @@ STYLES = ("stripes", "dots", "checker", "noise", "flat", "gradient")
 HELD_OUT = tuple((SHAPES[i], STYLES[i]) for i in range(len(SHAPES)))
 TRAIN_PAIRS = tuple((s, y) for s in SHAPES for y in STYLES if (s, y) not in HELD_OUT)
 TRIGGER = "sks"
+TRAIN_WEIGHTS = None  # the base draws every training pair alike (unnamed.py's version 6 weights them by texture)
 
 BACKGROUND = (0.12, 0.12, 0.12)
 # the unnamed world's rejected versions 4 and 5 (unnamed.py): one wavy pattern in four palettes; one palette in
